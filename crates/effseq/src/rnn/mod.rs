@@ -1,0 +1,804 @@
+//! Fused multi-layer LSTM and GRU with PyTorch's parameter layout, gate order and names.
+//!
+//! Per layer and direction the cell has one `(G*H, D)` input weight and one `(G*H, H)` recurrent weight
+//! (PyTorch's `weight_ih_l{k}`, `weight_hh_l{k}`, gate order LSTM `i, f, g, o`, GRU `r, z, n`):
+//!
+//! * the input projection of *all* time steps is one GEMM, hoisted out of the time loop;
+//! * each time step is one small product `h_{t-1} W_hh^T` against a packed `(H, G*H)` copy of the
+//!   recurrent weight (split across threads by columns), followed by one pass over the gates;
+//! * backward through time (BPTT) walks the steps in reverse, keeping only the `(B, H)` recurrent
+//!   gradients, stores the pre-activation gate gradients `(T, B, G*H)`, and computes every weight gradient
+//!   and the input gradient afterwards as three large GEMMs.
+//!
+//! LSTM (Hochreiter & Schmidhuber 1997, PyTorch's formulation):
+//! `i = σ(W_ii x + b_ii + W_hi h + b_hi)`, `f = σ(..)`, `g = tanh(..)`, `o = σ(..)`,
+//! `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`.
+//!
+//! GRU (Cho et al. 2014, PyTorch's formulation, where `r` gates the *projected* state):
+//! `r = σ(W_ir x + b_ir + W_hr h + b_hr)`, `z = σ(..)`, `n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))`,
+//! `h' = (1 − z) ⊙ n + z ⊙ h`.
+
+use rayon::prelude::*;
+
+use crate::config::ModelKind;
+use crate::error::{check_len, Error, Result};
+use crate::linalg::{matmul, packed_matmul_acc, PackedPanels, Trans};
+use crate::math::{sigmoid, tanh};
+use crate::param::{Module, Param};
+use crate::rng::{fill_uniform, rng_for, streams, Rng};
+
+/// The recurrent cell types (the subset of [`ModelKind`] this module implements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Lstm,
+    Gru,
+}
+
+/// Shape of a recurrent stack.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RnnConfig {
+    /// LSTM or GRU.
+    pub kind: ModelKind,
+    /// Input features per step, D.
+    pub input: usize,
+    /// Hidden units per direction, H.
+    pub hidden: usize,
+    /// Stacked layers, L.
+    pub layers: usize,
+    /// Whether every layer also runs a time-reversed direction (output width 2H).
+    pub bidirectional: bool,
+    /// Dropout on the outputs of every layer except the last (PyTorch's `dropout` argument).
+    pub dropout: f32,
+    /// Whether the cells have `bias_ih` and `bias_hh`.
+    pub bias: bool,
+}
+
+impl RnnConfig {
+    /// Number of gates G.
+    pub fn gates(&self) -> usize {
+        match self.kind {
+            ModelKind::Gru => 3,
+            _ => 4,
+        }
+    }
+
+    fn cell_kind(&self) -> Result<Kind> {
+        match self.kind {
+            ModelKind::Lstm => Ok(Kind::Lstm),
+            ModelKind::Gru => Ok(Kind::Gru),
+            #[allow(unreachable_patterns)]
+            other => Err(Error::config(format!("{} is not a recurrent model", other.name()))),
+        }
+    }
+
+    /// Number of directions (1 or 2).
+    pub fn directions(&self) -> usize {
+        if self.bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Width of the output at each step, `directions * H`.
+    pub fn output_dim(&self) -> usize {
+        self.directions() * self.hidden
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.cell_kind()?;
+        if self.input == 0 || self.hidden == 0 || self.layers == 0 {
+            return Err(Error::config(format!("rnn: input ({}), hidden ({}) and layers ({}) must all be at least 1", self.input, self.hidden, self.layers)));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config(format!("rnn: dropout must be in [0, 1), got {}", self.dropout)));
+        }
+        Ok(())
+    }
+}
+
+/// The weights of one direction of one layer.
+#[derive(Clone, Debug)]
+struct Cell {
+    /// `weight_ih_l{k}`: (G*H, D_in).
+    w_ih: Param,
+    /// `weight_hh_l{k}`: (G*H, H).
+    w_hh: Param,
+    /// `bias_ih_l{k}`: (G*H).
+    b_ih: Option<Param>,
+    /// `bias_hh_l{k}`: (G*H).
+    b_hh: Option<Param>,
+    /// `w_ih^T` packed for single-step products: (D_in, G*H).
+    w_ih_t: PackedPanels,
+    /// `w_hh^T` packed for the recurrent product of the forward pass: (H, G*H).
+    w_hh_t: PackedPanels,
+    /// `w_hh` packed for the recurrent product of the backward pass: (G*H, H).
+    w_hh_p: PackedPanels,
+}
+
+impl Cell {
+    fn pack(&mut self) {
+        let (gh, d_in) = (self.w_ih.shape[0], self.w_ih.shape[1]);
+        let h = self.w_hh.shape[1];
+        self.w_ih_t = PackedPanels::from_transposed(&self.w_ih.value, gh, d_in);
+        self.w_hh_t = PackedPanels::from_transposed(&self.w_hh.value, gh, h);
+        self.w_hh_p = PackedPanels::from_rows(&self.w_hh.value, gh, h);
+    }
+
+    /// Bias added to the input projection: `b_ih` (+ `b_hh` for LSTM, where the two are simply summed).
+    fn input_bias(&self, kind: Kind, out: &mut [f32]) {
+        out.iter_mut().for_each(|v| *v = 0.0);
+        if let Some(b) = &self.b_ih {
+            out.iter_mut().zip(&b.value).for_each(|(o, v)| *o += v);
+        }
+        if kind == Kind::Lstm {
+            if let Some(b) = &self.b_hh {
+                out.iter_mut().zip(&b.value).for_each(|(o, v)| *o += v);
+            }
+        }
+    }
+}
+
+/// What the backward pass of one direction needs from its forward pass.
+#[derive(Clone, Debug, Default)]
+struct DirCache {
+    /// Activated gates: (T, B, G*H), LSTM `[i f g o]`, GRU `[r z n]`.
+    gates: Vec<f32>,
+    /// LSTM cell states c_t: (T, B, H). Empty for GRU.
+    c: Vec<f32>,
+    /// GRU recurrent candidate term `W_hn h_{t-1} + b_hn`: (T, B, H). Empty for LSTM.
+    hn: Vec<f32>,
+    /// Hidden states h_t at their time index (also for the reverse direction): (T, B, H).
+    h: Vec<f32>,
+    /// Initial states: (B, H) each (`c0` empty for GRU).
+    h0: Vec<f32>,
+    c0: Vec<f32>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct LayerCache {
+    /// This layer's input, time-major: (T, B, D_l).
+    input: Vec<f32>,
+    /// One per direction.
+    dirs: Vec<DirCache>,
+    /// Dropout mask applied to this layer's output (0 or 1/(1-p)): (T, B, dirs*H); empty when none.
+    mask: Vec<f32>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Cache {
+    b: usize,
+    t: usize,
+    layers: Vec<LayerCache>,
+}
+
+/// Recurrent state between streaming steps, and the final state after a forward pass.
+#[derive(Clone, Debug)]
+pub struct RnnState {
+    /// B.
+    pub batch: usize,
+    /// Hidden states, as PyTorch's `h_n`: (L*dirs, B, H).
+    pub h: Vec<f32>,
+    /// LSTM cell states, as PyTorch's `c_n`: (L*dirs, B, H); empty for GRU.
+    pub c: Vec<f32>,
+    /// Step scratch: gate pre-activations (B, G*H).
+    gates: Vec<f32>,
+    /// Step scratch: GRU recurrent projection (B, G*H).
+    hw: Vec<f32>,
+}
+
+/// A multi-layer, optionally bidirectional LSTM or GRU.
+#[derive(Clone, Debug)]
+pub struct Rnn {
+    cfg: RnnConfig,
+    kind: Kind,
+    /// Cells in PyTorch order: layer-major, forward direction before reverse. Index `l * dirs + d`.
+    cells: Vec<Cell>,
+    /// Whether `params_mut` was called since the packed copies were made.
+    packed_stale: bool,
+    cache: Option<Cache>,
+}
+
+impl Rnn {
+    /// A stack with PyTorch's initialisation, U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias, drawn from
+    /// `seed`. Parameters are named exactly as in `torch.nn.LSTM`/`torch.nn.GRU` (`weight_ih_l0`, ...).
+    pub fn new(cfg: &RnnConfig, seed: u64) -> Result<Rnn> {
+        Rnn::with_prefix(cfg, seed, "")
+    }
+
+    /// As [`Rnn::new`], with every parameter name prefixed (e.g. `"rnn."` for a field `rnn` of a larger module).
+    pub fn with_prefix(cfg: &RnnConfig, seed: u64, prefix: &str) -> Result<Rnn> {
+        cfg.validate()?;
+        let (g, h) = (cfg.gates(), cfg.hidden);
+        let bound = 1.0 / (h as f32).sqrt();
+        let mut rng = rng_for(seed, streams::INIT);
+        let mut cells = Vec::new();
+        for l in 0..cfg.layers {
+            let d_in = if l == 0 { cfg.input } else { cfg.output_dim() };
+            for d in 0..cfg.directions() {
+                let suffix = format!("_l{l}{}", if d == 1 { "_reverse" } else { "" });
+                let mut make = |name: &str, shape: &[usize]| {
+                    let mut p = Param::zeros(format!("{prefix}{name}{suffix}"), shape);
+                    fill_uniform(&mut rng, &mut p.value, bound);
+                    p
+                };
+                let w_ih = make("weight_ih", &[g * h, d_in]);
+                let w_hh = make("weight_hh", &[g * h, h]);
+                let (b_ih, b_hh) = if cfg.bias { (Some(make("bias_ih", &[g * h])), Some(make("bias_hh", &[g * h]))) } else { (None, None) };
+                let mut cell = Cell { w_ih, w_hh, b_ih, b_hh, w_ih_t: Default::default(), w_hh_t: Default::default(), w_hh_p: Default::default() };
+                cell.pack();
+                cells.push(cell);
+            }
+        }
+        Ok(Rnn { cfg: cfg.clone(), kind: cfg.cell_kind()?, cells, packed_stale: false, cache: None })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RnnConfig {
+        &self.cfg
+    }
+
+    fn repack_if_stale(&mut self) {
+        if self.packed_stale {
+            self.cells.iter_mut().for_each(Cell::pack);
+            self.packed_stale = false;
+        }
+    }
+
+    /// A zero state for `b` sequences.
+    pub fn zero_state(&self, b: usize) -> RnnState {
+        let n = self.cfg.layers * self.cfg.directions() * b * self.cfg.hidden;
+        let gh = self.cfg.gates() * self.cfg.hidden;
+        RnnState {
+            batch: b,
+            h: vec![0.0; n],
+            c: if self.kind == Kind::Lstm { vec![0.0; n] } else { Vec::new() },
+            gates: vec![0.0; b * gh],
+            hw: vec![0.0; b * gh],
+        }
+    }
+
+    /// Runs the whole sequence `x (B, T, D)` from a zero state; returns `(B, T, dirs*H)`.
+    /// `dropout: Some(rng)` means training mode (dropout between layers drawn from `rng`).
+    /// Keeps what [`Rnn::backward`] needs.
+    pub fn forward(&mut self, x: &[f32], b: usize, t: usize, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
+        self.forward_from(x, b, t, None, dropout)
+    }
+
+    /// As [`Rnn::forward`], starting from `init` (e.g. the state a previous chunk ended in).
+    pub fn forward_from(&mut self, x: &[f32], b: usize, t: usize, init: Option<&RnnState>, mut dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
+        check_len("rnn input (B, T, D)", &[b, t, self.cfg.input], x.len())?;
+        if let Some(s) = init {
+            self.check_state(s, b)?;
+        }
+        self.repack_if_stale();
+        let (h, dirs, kind) = (self.cfg.hidden, self.cfg.directions(), self.kind);
+        let out_dim = self.cfg.output_dim();
+        // (T, B, D) time-major input of layer 0.
+        let mut input = vec![0.0; x.len()];
+        bt_to_tb(x, b, t, self.cfg.input, &mut input);
+        let mut layers = Vec::with_capacity(self.cfg.layers);
+        for l in 0..self.cfg.layers {
+            let d_in = if l == 0 { self.cfg.input } else { out_dim };
+            let initial = |d: usize| -> (Vec<f32>, Vec<f32>) {
+                let idx = l * dirs + d;
+                match init {
+                    Some(s) => (
+                        s.h[idx * b * h..(idx + 1) * b * h].to_vec(),
+                        if kind == Kind::Lstm { s.c[idx * b * h..(idx + 1) * b * h].to_vec() } else { Vec::new() },
+                    ),
+                    None => (vec![0.0; b * h], if kind == Kind::Lstm { vec![0.0; b * h] } else { Vec::new() }),
+                }
+            };
+            let cells = &self.cells[l * dirs..(l + 1) * dirs];
+            let dir_caches: Vec<DirCache> = if dirs == 2 {
+                let (i0, i1) = (initial(0), initial(1));
+                let inp = &input;
+                let (f, r) =
+                    rayon::join(|| run_direction(kind, &cells[0], inp, b, t, d_in, i0, false), || run_direction(kind, &cells[1], inp, b, t, d_in, i1, true));
+                vec![f, r]
+            } else {
+                vec![run_direction(kind, &cells[0], &input, b, t, d_in, initial(0), false)]
+            };
+            // (T, B, dirs*H) layer output.
+            let mut output = if dirs == 1 {
+                dir_caches[0].h.clone()
+            } else {
+                let mut o = vec![0.0; t * b * out_dim];
+                for (d, dc) in dir_caches.iter().enumerate() {
+                    for (row, src) in o.chunks_exact_mut(out_dim).zip(dc.h.chunks_exact(h)) {
+                        row[d * h..(d + 1) * h].copy_from_slice(src);
+                    }
+                }
+                o
+            };
+            let mut mask = Vec::new();
+            if l + 1 < self.cfg.layers && self.cfg.dropout > 0.0 {
+                if let Some(rng) = dropout.as_deref_mut() {
+                    mask = dropout_mask(rng, output.len(), self.cfg.dropout);
+                    output.iter_mut().zip(&mask).for_each(|(o, m)| *o *= m);
+                }
+            }
+            layers.push(LayerCache { input: std::mem::replace(&mut input, output), dirs: dir_caches, mask });
+        }
+        self.cache = Some(Cache { b, t, layers });
+        let mut y = vec![0.0; input.len()];
+        tb_to_bt(&input, b, t, out_dim, &mut y);
+        Ok(y)
+    }
+
+    fn check_state(&self, s: &RnnState, b: usize) -> Result<()> {
+        let n = self.cfg.layers * self.cfg.directions() * b * self.cfg.hidden;
+        let c = if self.kind == Kind::Lstm { n } else { 0 };
+        if s.batch != b || s.h.len() != n || s.c.len() != c {
+            return Err(Error::Invalid(format!("rnn state is for batch {} with {} hidden values, the input needs batch {b} with {n}", s.batch, s.h.len())));
+        }
+        Ok(())
+    }
+
+    /// The states after the last [`Rnn::forward`] (PyTorch's `h_n`, `c_n`): (L*dirs, B, H).
+    pub fn final_state(&self) -> Result<RnnState> {
+        let cache = self.cache.as_ref().ok_or_else(|| Error::Invalid("final_state called before forward".into()))?;
+        let (b, t, h, dirs) = (cache.b, cache.t, self.cfg.hidden, self.cfg.directions());
+        let mut s = self.zero_state(b);
+        for (l, lc) in cache.layers.iter().enumerate() {
+            for (d, dc) in lc.dirs.iter().enumerate() {
+                let idx = l * dirs + d;
+                // The forward direction ends at t = T-1, the reverse one at t = 0.
+                let last = if d == 0 { t - 1 } else { 0 };
+                let dst = idx * b * h..(idx + 1) * b * h;
+                let src = last * b * h..(last + 1) * b * h;
+                if t == 0 {
+                    s.h[dst.clone()].copy_from_slice(&dc.h0);
+                    if !s.c.is_empty() {
+                        s.c[dst].copy_from_slice(&dc.c0);
+                    }
+                    continue;
+                }
+                s.h[dst.clone()].copy_from_slice(&dc.h[src.clone()]);
+                if !s.c.is_empty() {
+                    s.c[dst].copy_from_slice(&dc.c[src]);
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Backward through time. `dy (B, T, dirs*H)` is the gradient of the loss with respect to the output of
+    /// the last [`Rnn::forward`]; returns `dx (B, T, D)` and ACCUMULATES every parameter gradient.
+    pub fn backward(&mut self, dy: &[f32]) -> Result<Vec<f32>> {
+        let cache = self.cache.take().ok_or_else(|| Error::Invalid("rnn backward called without a forward pass".into()))?;
+        let (b, t) = (cache.b, cache.t);
+        let (h, dirs, kind, out_dim) = (self.cfg.hidden, self.cfg.directions(), self.kind, self.cfg.output_dim());
+        if let Err(e) = check_len("rnn output gradient (B, T, dirs*H)", &[b, t, out_dim], dy.len()) {
+            self.cache = Some(cache);
+            return Err(e);
+        }
+        // (T, B, dirs*H) gradient w.r.t. the current layer's output.
+        let mut dout = vec![0.0; dy.len()];
+        tb_to_bt_inverse(dy, b, t, out_dim, &mut dout);
+        for l in (0..self.cfg.layers).rev() {
+            let lc = &cache.layers[l];
+            if !lc.mask.is_empty() {
+                dout.iter_mut().zip(&lc.mask).for_each(|(g, m)| *g *= m);
+            }
+            let d_in = if l == 0 { self.cfg.input } else { out_dim };
+            // Split the output gradient per direction: (T, B, H) each.
+            let per_dir: Vec<Vec<f32>> = (0..dirs)
+                .map(|d| {
+                    if dirs == 1 {
+                        std::mem::take(&mut dout)
+                    } else {
+                        dout.chunks_exact(out_dim).flat_map(|row| row[d * h..(d + 1) * h].iter().copied()).collect()
+                    }
+                })
+                .collect();
+            let cells = &mut self.cells[l * dirs..(l + 1) * dirs];
+            let mut dx = vec![0.0; t * b * d_in];
+            if dirs == 2 {
+                let (c0, c1) = cells.split_at_mut(1);
+                let mut dx1 = vec![0.0; t * b * d_in];
+                rayon::join(
+                    || backward_direction(kind, &mut c0[0], &lc.input, &lc.dirs[0], &per_dir[0], b, t, d_in, false, &mut dx),
+                    || backward_direction(kind, &mut c1[0], &lc.input, &lc.dirs[1], &per_dir[1], b, t, d_in, true, &mut dx1),
+                );
+                dx.iter_mut().zip(&dx1).for_each(|(a, v)| *a += v);
+            } else {
+                backward_direction(kind, &mut cells[0], &lc.input, &lc.dirs[0], &per_dir[0], b, t, d_in, false, &mut dx);
+            }
+            dout = dx;
+        }
+        let mut dx = vec![0.0; dout.len()];
+        tb_to_bt(&dout, b, t, self.cfg.input, &mut dx);
+        Ok(dx)
+    }
+
+    /// One streaming step: `x_t (B, D)` → `y_t (B, H)`, updating `state` in place. Allocation-free.
+    /// Bidirectional stacks cannot stream (the reverse direction needs the future) and return an error.
+    pub fn step(&mut self, x_t: &[f32], state: &mut RnnState, y_t: &mut [f32]) -> Result<()> {
+        if self.cfg.bidirectional {
+            return Err(Error::Invalid("a bidirectional RNN cannot run step by step: its reverse direction reads the future".into()));
+        }
+        let b = state.batch;
+        self.check_state(state, b)?;
+        check_len("rnn step input (B, D)", &[b, self.cfg.input], x_t.len())?;
+        check_len("rnn step output (B, H)", &[b, self.cfg.hidden], y_t.len())?;
+        self.repack_if_stale();
+        let (h, g, kind) = (self.cfg.hidden, self.cfg.gates(), self.kind);
+        let gh = g * h;
+        for (l, cell) in self.cells.iter().enumerate() {
+            let (h_below, h_rest) = state.h.split_at_mut(l * b * h);
+            let h_l = &mut h_rest[..b * h];
+            // Layer input: x_t for layer 0, else the new hidden state of the layer below (B, D_l).
+            let (inp, d_in): (&[f32], usize) = if l == 0 { (x_t, self.cfg.input) } else { (&h_below[(l - 1) * b * h..], h) };
+            let gates = &mut state.gates;
+            for row in gates.chunks_exact_mut(gh) {
+                cell.input_bias(kind, row);
+            }
+            packed_matmul_acc(b, inp, d_in, &cell.w_ih_t, gates, gh);
+            match kind {
+                Kind::Lstm => {
+                    packed_matmul_acc(b, h_l, h, &cell.w_hh_t, gates, gh);
+                    let c_l = &mut state.c[l * b * h..(l + 1) * b * h];
+                    for bi in 0..b {
+                        let row = &mut gates[bi * gh..(bi + 1) * gh];
+                        lstm_pointwise(row, &mut c_l[bi * h..(bi + 1) * h], None, &mut h_l[bi * h..(bi + 1) * h], h);
+                    }
+                }
+                Kind::Gru => {
+                    let hw = &mut state.hw;
+                    for row in hw.chunks_exact_mut(gh) {
+                        match &cell.b_hh {
+                            Some(bias) => row.copy_from_slice(&bias.value),
+                            None => row.iter_mut().for_each(|v| *v = 0.0),
+                        }
+                    }
+                    packed_matmul_acc(b, h_l, h, &cell.w_hh_t, hw, gh);
+                    for bi in 0..b {
+                        let hrow = &mut h_l[bi * h..(bi + 1) * h];
+                        gru_pointwise(&mut gates[bi * gh..(bi + 1) * gh], &hw[bi * gh..(bi + 1) * gh], None, hrow, h);
+                    }
+                }
+            }
+        }
+        let last = (self.cfg.layers - 1) * b * h;
+        y_t.copy_from_slice(&state.h[last..last + b * h]);
+        Ok(())
+    }
+}
+
+impl Module for Rnn {
+    fn params(&self) -> Vec<&Param> {
+        let mut v = Vec::new();
+        for c in &self.cells {
+            v.push(&c.w_ih);
+            v.push(&c.w_hh);
+            if let (Some(bi), Some(bh)) = (&c.b_ih, &c.b_hh) {
+                v.push(bi);
+                v.push(bh);
+            }
+        }
+        v
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        // The caller may change the values: re-pack before the next use.
+        self.packed_stale = true;
+        let mut v = Vec::new();
+        for c in &mut self.cells {
+            v.push(&mut c.w_ih);
+            v.push(&mut c.w_hh);
+            if let (Some(bi), Some(bh)) = (&mut c.b_ih, &mut c.b_hh) {
+                v.push(bi);
+                v.push(bh);
+            }
+        }
+        v
+    }
+}
+
+/// LSTM pointwise update for one sequence. `gates (G*H)` holds pre-activations `[i f g o]` on entry and the
+/// activated gates on exit; `c (H)` holds c_{t-1} on entry (or `c_prev` if given) and c_t on exit; `h (H)` gets h_t.
+#[inline]
+fn lstm_pointwise(gates: &mut [f32], c: &mut [f32], c_prev: Option<&[f32]>, h_out: &mut [f32], h: usize) {
+    let (i, rest) = gates.split_at_mut(h);
+    let (f, rest) = rest.split_at_mut(h);
+    let (g, o) = rest.split_at_mut(h);
+    for j in 0..h {
+        i[j] = sigmoid(i[j]);
+        f[j] = sigmoid(f[j]);
+        g[j] = tanh(g[j]);
+        o[j] = sigmoid(o[j]);
+        let cp = match c_prev {
+            Some(cp) => cp[j],
+            None => c[j],
+        };
+        let cn = f[j] * cp + i[j] * g[j];
+        c[j] = cn;
+        h_out[j] = o[j] * tanh(cn);
+    }
+}
+
+/// GRU pointwise update for one sequence. `gates (G*H)` holds the input projections `[x_r x_z x_n]` (with
+/// `b_ih`) on entry and the activated `[r z n]` on exit; `hw (G*H)` is `W_hh h_{t-1} + b_hh`. `h (H)` holds
+/// h_{t-1} on entry (or `h_prev` if given) and gets h_t.
+#[inline]
+fn gru_pointwise(gates: &mut [f32], hw: &[f32], h_prev: Option<&[f32]>, h_out: &mut [f32], h: usize) {
+    let (r, rest) = gates.split_at_mut(h);
+    let (z, n) = rest.split_at_mut(h);
+    for j in 0..h {
+        r[j] = sigmoid(r[j] + hw[j]);
+        z[j] = sigmoid(z[j] + hw[h + j]);
+        n[j] = tanh(n[j] + r[j] * hw[2 * h + j]);
+        let hp = match h_prev {
+            Some(hp) => hp[j],
+            None => h_out[j],
+        };
+        h_out[j] = (1.0 - z[j]) * n[j] + z[j] * hp;
+    }
+}
+
+/// Forward over the whole sequence for one direction. `input (T, B, D_in)`.
+#[allow(clippy::too_many_arguments)]
+fn run_direction(kind: Kind, cell: &Cell, input: &[f32], b: usize, t: usize, d_in: usize, init: (Vec<f32>, Vec<f32>), reverse: bool) -> DirCache {
+    let h = cell.w_hh.shape[1];
+    let gh = cell.w_hh.shape[0];
+    let (h0, c0) = init;
+    // gates (T*B, G*H) = input · W_ih^T + bias: the hoisted input projection, one GEMM for all steps.
+    let mut gates = vec![0.0; t * b * gh];
+    let mut bias = vec![0.0; gh];
+    cell.input_bias(kind, &mut bias);
+    for row in gates.chunks_exact_mut(gh) {
+        row.copy_from_slice(&bias);
+    }
+    matmul(t * b, gh, d_in, 1.0, input, Trans::N, &cell.w_ih.value, Trans::T, 1.0, &mut gates);
+
+    let mut hs = vec![0.0; t * b * h]; // (T, B, H)
+    let mut cs = if kind == Kind::Lstm { vec![0.0; t * b * h] } else { Vec::new() }; // (T, B, H)
+    let mut hn = if kind == Kind::Gru { vec![0.0; t * b * h] } else { Vec::new() }; // (T, B, H)
+    let mut hw = vec![0.0; b * gh]; // (B, G*H) GRU scratch
+    let step = b * h;
+    for s in 0..t {
+        let tt = if reverse { t - 1 - s } else { s };
+        let prev = if s == 0 {
+            None
+        } else if reverse {
+            Some(tt + 1)
+        } else {
+            Some(tt - 1)
+        };
+        // Split so that the previous step's states can be read while this step's are written.
+        let (h_prev, h_cur): (&[f32], &mut [f32]) = split_prev_cur(&mut hs, prev, tt, step, &h0);
+        let g_t = &mut gates[tt * b * gh..(tt + 1) * b * gh];
+        match kind {
+            Kind::Lstm => {
+                packed_matmul_acc(b, h_prev, h, &cell.w_hh_t, g_t, gh);
+                let (c_prev, c_cur) = split_prev_cur(&mut cs, prev, tt, step, &c0);
+                for bi in 0..b {
+                    lstm_pointwise(
+                        &mut g_t[bi * gh..(bi + 1) * gh],
+                        &mut c_cur[bi * h..(bi + 1) * h],
+                        Some(&c_prev[bi * h..(bi + 1) * h]),
+                        &mut h_cur[bi * h..(bi + 1) * h],
+                        h,
+                    );
+                }
+            }
+            Kind::Gru => {
+                for row in hw.chunks_exact_mut(gh) {
+                    match &cell.b_hh {
+                        Some(bias) => row.copy_from_slice(&bias.value),
+                        None => row.iter_mut().for_each(|v| *v = 0.0),
+                    }
+                }
+                packed_matmul_acc(b, h_prev, h, &cell.w_hh_t, &mut hw, gh);
+                let hn_t = &mut hn[tt * step..(tt + 1) * step];
+                for bi in 0..b {
+                    hn_t[bi * h..(bi + 1) * h].copy_from_slice(&hw[bi * gh + 2 * h..(bi + 1) * gh]);
+                    gru_pointwise(
+                        &mut g_t[bi * gh..(bi + 1) * gh],
+                        &hw[bi * gh..(bi + 1) * gh],
+                        Some(&h_prev[bi * h..(bi + 1) * h]),
+                        &mut h_cur[bi * h..(bi + 1) * h],
+                        h,
+                    );
+                }
+            }
+        }
+    }
+    DirCache { gates, c: cs, hn, h: hs, h0, c0 }
+}
+
+/// Splits a `(T, B, H)` buffer into the (read-only) block of step `prev` — or `init` when there is none —
+/// and the (mutable) block of step `cur`.
+fn split_prev_cur<'a>(buf: &'a mut [f32], prev: Option<usize>, cur: usize, step: usize, init: &'a [f32]) -> (&'a [f32], &'a mut [f32]) {
+    match prev {
+        None => (init, &mut buf[cur * step..(cur + 1) * step]),
+        Some(p) if p < cur => {
+            let (lo, hi) = buf.split_at_mut(cur * step);
+            (&lo[p * step..(p + 1) * step], &mut hi[..step])
+        }
+        Some(p) => {
+            let (lo, hi) = buf.split_at_mut(p * step);
+            (&hi[..step], &mut lo[cur * step..(cur + 1) * step])
+        }
+    }
+}
+
+/// BPTT for one direction. `input (T, B, D_in)`, `dh_out (T, B, H)` the gradient w.r.t. this direction's
+/// outputs; ADDS the input gradient into `dx (T, B, D_in)` and accumulates the cell's parameter gradients.
+#[allow(clippy::too_many_arguments)]
+fn backward_direction(
+    kind: Kind,
+    cell: &mut Cell,
+    input: &[f32],
+    cache: &DirCache,
+    dh_out: &[f32],
+    b: usize,
+    t: usize,
+    d_in: usize,
+    reverse: bool,
+    dx: &mut [f32],
+) {
+    let h = cell.w_hh.shape[1];
+    let gh = cell.w_hh.shape[0];
+    let step = b * h;
+    // Pre-activation gradients. dxw: w.r.t. the input projection (T, B, G*H); dhw: w.r.t. the recurrent
+    // projection (T, B, G*H) — identical for LSTM, different in the n gate for GRU.
+    let mut dxw = vec![0.0; t * b * gh];
+    let mut dhw = if kind == Kind::Gru { vec![0.0; t * b * gh] } else { Vec::new() };
+    let mut dh = vec![0.0; step]; // (B, H) gradient flowing to h_{t-1}
+    let mut dc = vec![0.0; if kind == Kind::Lstm { step } else { 0 }]; // (B, H) to c_{t-1}
+    let mut dh_next = vec![0.0; step];
+    for s in (0..t).rev() {
+        let tt = if reverse { t - 1 - s } else { s };
+        let prev = if s == 0 {
+            None
+        } else if reverse {
+            Some(tt + 1)
+        } else {
+            Some(tt - 1)
+        };
+        let g_t = &cache.gates[tt * b * gh..(tt + 1) * b * gh];
+        let dy_t = &dh_out[tt * step..(tt + 1) * step];
+        match kind {
+            Kind::Lstm => {
+                let c_t = &cache.c[tt * step..(tt + 1) * step];
+                let c_prev = match prev {
+                    Some(p) => &cache.c[p * step..(p + 1) * step],
+                    None => &cache.c0[..],
+                };
+                let dg_t = &mut dxw[tt * b * gh..(tt + 1) * b * gh];
+                for bi in 0..b {
+                    let gr = &g_t[bi * gh..(bi + 1) * gh];
+                    let dgr = &mut dg_t[bi * gh..(bi + 1) * gh];
+                    for j in 0..h {
+                        let k = bi * h + j;
+                        let (i, f, g, o) = (gr[j], gr[h + j], gr[2 * h + j], gr[3 * h + j]);
+                        let dh_total = dy_t[k] + dh[k];
+                        let tc = tanh(c_t[k]);
+                        let dct = dc[k] + dh_total * o * (1.0 - tc * tc);
+                        dgr[j] = dct * g * i * (1.0 - i);
+                        dgr[h + j] = dct * c_prev[k] * f * (1.0 - f);
+                        dgr[2 * h + j] = dct * i * (1.0 - g * g);
+                        dgr[3 * h + j] = dh_total * tc * o * (1.0 - o);
+                        dc[k] = dct * f;
+                    }
+                }
+                dh_next.iter_mut().for_each(|v| *v = 0.0);
+                packed_matmul_acc(b, dg_t, gh, &cell.w_hh_p, &mut dh_next, h);
+            }
+            Kind::Gru => {
+                let hn_t = &cache.hn[tt * step..(tt + 1) * step];
+                let h_prev = match prev {
+                    Some(p) => &cache.h[p * step..(p + 1) * step],
+                    None => &cache.h0[..],
+                };
+                let dxw_t = &mut dxw[tt * b * gh..(tt + 1) * b * gh];
+                let dhw_t = &mut dhw[tt * b * gh..(tt + 1) * b * gh];
+                dh_next.iter_mut().for_each(|v| *v = 0.0);
+                for bi in 0..b {
+                    let gr = &g_t[bi * gh..(bi + 1) * gh];
+                    for j in 0..h {
+                        let k = bi * h + j;
+                        let (r, z, n) = (gr[j], gr[h + j], gr[2 * h + j]);
+                        let dh_total = dy_t[k] + dh[k];
+                        let dn = dh_total * (1.0 - z);
+                        let dz = dh_total * (h_prev[k] - n);
+                        let dan = dn * (1.0 - n * n);
+                        let dar = dan * hn_t[k] * r * (1.0 - r);
+                        let daz = dz * z * (1.0 - z);
+                        let o = bi * gh;
+                        dxw_t[o + j] = dar;
+                        dxw_t[o + h + j] = daz;
+                        dxw_t[o + 2 * h + j] = dan;
+                        dhw_t[o + j] = dar;
+                        dhw_t[o + h + j] = daz;
+                        dhw_t[o + 2 * h + j] = dan * r;
+                        dh_next[k] = dh_total * z;
+                    }
+                }
+                packed_matmul_acc(b, dhw_t, gh, &cell.w_hh_p, &mut dh_next, h);
+            }
+        }
+        std::mem::swap(&mut dh, &mut dh_next);
+    }
+    // h_{t-1} for every t at its time index: (T, B, H).
+    let mut h_prev_all = vec![0.0; t * step];
+    for tt in 0..t {
+        let src = if reverse { (tt + 1 < t).then_some(tt + 1) } else { tt.checked_sub(1) };
+        let dst = &mut h_prev_all[tt * step..(tt + 1) * step];
+        match src {
+            Some(p) => dst.copy_from_slice(&cache.h[p * step..(p + 1) * step]),
+            None => dst.copy_from_slice(&cache.h0),
+        }
+    }
+    let dhw_all: &[f32] = if kind == Kind::Gru { &dhw } else { &dxw };
+    let n = t * b;
+    // dW_ih (G*H, D_in) += dxw^T (G*H, T*B) · input (T*B, D_in)
+    matmul(gh, d_in, n, 1.0, &dxw, Trans::T, input, Trans::N, 1.0, &mut cell.w_ih.grad);
+    // dW_hh (G*H, H) += dhw^T (G*H, T*B) · h_prev (T*B, H)
+    matmul(gh, h, n, 1.0, dhw_all, Trans::T, &h_prev_all, Trans::N, 1.0, &mut cell.w_hh.grad);
+    // dx (T*B, D_in) += dxw (T*B, G*H) · W_ih (G*H, D_in)
+    matmul(n, d_in, gh, 1.0, &dxw, Trans::N, &cell.w_ih.value, Trans::N, 1.0, dx);
+    if let Some(bias) = &mut cell.b_ih {
+        column_sums_acc(&dxw, gh, &mut bias.grad);
+    }
+    if let Some(bias) = &mut cell.b_hh {
+        column_sums_acc(dhw_all, gh, &mut bias.grad);
+    }
+}
+
+/// `out (C) += sum over rows of m (N, C)`, accumulated in f64 for long sequences.
+fn column_sums_acc(m: &[f32], c: usize, out: &mut [f32]) {
+    let sums = m
+        .par_chunks(c * 256)
+        .map(|block| {
+            let mut s = vec![0.0f64; c];
+            for row in block.chunks_exact(c) {
+                s.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64);
+            }
+            s
+        })
+        .reduce(
+            || vec![0.0f64; c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    out.iter_mut().zip(&sums).for_each(|(o, s)| *o += *s as f32);
+}
+
+/// Inverted-dropout mask: 0 with probability p, else 1/(1-p).
+fn dropout_mask(rng: &mut Rng, n: usize, p: f32) -> Vec<f32> {
+    use rand::Rng as _;
+    let keep = 1.0 / (1.0 - p);
+    (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect()
+}
+
+/// `(B, T, D)` → `(T, B, D)`.
+pub fn bt_to_tb(src: &[f32], b: usize, t: usize, d: usize, dst: &mut [f32]) {
+    for bi in 0..b {
+        for ti in 0..t {
+            dst[(ti * b + bi) * d..(ti * b + bi + 1) * d].copy_from_slice(&src[(bi * t + ti) * d..(bi * t + ti + 1) * d]);
+        }
+    }
+}
+
+/// `(T, B, D)` → `(B, T, D)`.
+pub fn tb_to_bt(src: &[f32], b: usize, t: usize, d: usize, dst: &mut [f32]) {
+    for ti in 0..t {
+        for bi in 0..b {
+            dst[(bi * t + ti) * d..(bi * t + ti + 1) * d].copy_from_slice(&src[(ti * b + bi) * d..(ti * b + bi + 1) * d]);
+        }
+    }
+}
+
+/// `(B, T, D)` → `(T, B, D)` (the inverse of [`tb_to_bt`], for gradients).
+fn tb_to_bt_inverse(src: &[f32], b: usize, t: usize, d: usize, dst: &mut [f32]) {
+    bt_to_tb(src, b, t, d, dst)
+}
+
+#[cfg(test)]
+mod tests;
