@@ -15,7 +15,7 @@ fn rnn_kernels(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("{}_b{b}_t{t}_d{d}", kind.name()));
         g.sample_size(10);
         g.throughput(Throughput::Elements((b * t) as u64));
-        g.bench_function("forward", |bench| bench.iter(|| rnn.forward(&x, b, t, None).unwrap()));
+        g.bench_function("forward", |bench| bench.iter(|| rnn.infer(&x, b, t).unwrap()));
         g.bench_function("forward_backward", |bench| {
             bench.iter(|| {
                 rnn.forward(&x, b, t, None).unwrap();

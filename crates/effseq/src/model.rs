@@ -27,6 +27,12 @@ impl Backbone {
         }
     }
 
+    fn infer(&mut self, x: &[f32], b: usize, t: usize) -> Result<Vec<f32>> {
+        match self {
+            Backbone::Rnn(r) => r.infer(x, b, t),
+        }
+    }
+
     fn backward(&mut self, dy: &[f32]) -> Result<Vec<f32>> {
         match self {
             Backbone::Rnn(r) => r.backward(dy),
@@ -140,6 +146,16 @@ impl Network {
     /// Predictions for a batch: `(B, C)` for [`Readout::LastStep`], `(B, T, C)` for [`Readout::EveryStep`].
     /// `dropout: Some(rng)` is training mode. Keeps what [`Network::backward`] needs.
     pub fn forward(&mut self, inputs: &Inputs, b: usize, t: usize, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
+        self.run(inputs, b, t, dropout, true)
+    }
+
+    /// Predictions as [`Network::forward`] in evaluation mode, keeping nothing for backward (less memory).
+    pub fn predict(&mut self, inputs: &Inputs, b: usize, t: usize) -> Result<Vec<f32>> {
+        self.run(inputs, b, t, None, false)
+    }
+
+    fn run(&mut self, inputs: &Inputs, b: usize, t: usize, dropout: Option<&mut Rng>, train: bool) -> Result<Vec<f32>> {
+        self.shape = None;
         if b == 0 || t == 0 {
             return Err(Error::Invalid(format!("empty batch: B = {b}, T = {t}")));
         }
@@ -157,9 +173,11 @@ impl Network {
             (Inputs::Dense(_), Some(_)) => return Err(Error::Invalid("this network reads token ids, got dense features".into())),
             (Inputs::Tokens(_), None) => return Err(Error::Invalid("this network reads dense features, got token ids".into())),
         };
-        let y = self.backbone.forward(x, b, t, dropout)?; // (B, T, O)
+        let y = if train { self.backbone.forward(x, b, t, dropout)? } else { self.backbone.infer(x, b, t)? }; // (B, T, O)
         let o = self.backbone_dim();
-        self.shape = Some((b, t));
+        if train {
+            self.shape = Some((b, t));
+        }
         match self.io.readout {
             Readout::EveryStep => self.head.forward(&y, b * t),
             Readout::LastStep => {
@@ -171,7 +189,7 @@ impl Network {
 
     /// Backward from `doutputs` (the shape [`Network::forward`] returned); ACCUMULATES every parameter gradient.
     pub fn backward(&mut self, doutputs: &[f32]) -> Result<()> {
-        let (b, t) = self.shape.take().ok_or_else(|| Error::Invalid("network backward called without a forward pass".into()))?;
+        let (b, t) = self.shape.take().ok_or_else(|| Error::Invalid("network backward called without a (training) forward pass".into()))?;
         let o = self.backbone_dim();
         let dh = self.head.backward(doutputs)?;
         let dy = match self.io.readout {
@@ -301,6 +319,7 @@ mod tests {
             let mut net = Network::new(&cfg, io_dense(), 2).unwrap();
             let x: Vec<f32> = (0..b * t * 2).map(|i| (i as f32 * 0.37).sin()).collect();
             let y = net.forward(&Inputs::Dense(x.clone()), b, t, None).unwrap();
+            assert_eq!(y, net.predict(&Inputs::Dense(x.clone()), b, t).unwrap());
             let mut st = net.zero_state(b);
             let mut out = vec![0.0; b];
             for ti in 0..t {

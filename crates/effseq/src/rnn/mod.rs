@@ -153,6 +153,8 @@ struct DirCache {
     /// Initial states: (B, H) each (`c0` empty for GRU).
     h0: Vec<f32>,
     c0: Vec<f32>,
+    /// LSTM cell state after the last step of this direction: (B, H); empty for GRU.
+    c_last: Vec<f32>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -169,6 +171,8 @@ struct LayerCache {
 struct Cache {
     b: usize,
     t: usize,
+    /// False after [`Rnn::infer`]: only the outputs were kept, backward is impossible.
+    trainable: bool,
     layers: Vec<LayerCache>,
 }
 
@@ -266,7 +270,24 @@ impl Rnn {
     }
 
     /// As [`Rnn::forward`], starting from `init` (e.g. the state a previous chunk ended in).
-    pub fn forward_from(&mut self, x: &[f32], b: usize, t: usize, init: Option<&RnnState>, mut dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
+    pub fn forward_from(&mut self, x: &[f32], b: usize, t: usize, init: Option<&RnnState>, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
+        self.run(x, b, t, init, dropout, true)
+    }
+
+    /// Inference over the whole sequence `x (B, T, D)` → `(B, T, dirs*H)`: no dropout, and nothing is kept for
+    /// backward, so memory does not grow with T beyond the input and output (the input projection runs in
+    /// chunks of time steps). [`Rnn::final_state`] still works afterwards.
+    pub fn infer(&mut self, x: &[f32], b: usize, t: usize) -> Result<Vec<f32>> {
+        self.run(x, b, t, None, None, false)
+    }
+
+    /// As [`Rnn::infer`], starting from `init`.
+    pub fn infer_from(&mut self, x: &[f32], b: usize, t: usize, init: Option<&RnnState>) -> Result<Vec<f32>> {
+        self.run(x, b, t, init, None, false)
+    }
+
+    fn run(&mut self, x: &[f32], b: usize, t: usize, init: Option<&RnnState>, mut dropout: Option<&mut Rng>, keep: bool) -> Result<Vec<f32>> {
+        self.cache = None;
         check_len("rnn input (B, T, D)", &[b, t, self.cfg.input], x.len())?;
         if let Some(s) = init {
             self.check_state(s, b)?;
@@ -294,11 +315,13 @@ impl Rnn {
             let dir_caches: Vec<DirCache> = if dirs == 2 {
                 let (i0, i1) = (initial(0), initial(1));
                 let inp = &input;
-                let (f, r) =
-                    rayon::join(|| run_direction(kind, &cells[0], inp, b, t, d_in, i0, false), || run_direction(kind, &cells[1], inp, b, t, d_in, i1, true));
+                let (f, r) = rayon::join(
+                    || run_direction(kind, &cells[0], inp, b, t, d_in, i0, false, keep),
+                    || run_direction(kind, &cells[1], inp, b, t, d_in, i1, true, keep),
+                );
                 vec![f, r]
             } else {
-                vec![run_direction(kind, &cells[0], &input, b, t, d_in, initial(0), false)]
+                vec![run_direction(kind, &cells[0], &input, b, t, d_in, initial(0), false, keep)]
             };
             // (T, B, dirs*H) layer output.
             let mut output = if dirs == 1 {
@@ -319,9 +342,10 @@ impl Rnn {
                     output.iter_mut().zip(&mask).for_each(|(o, m)| *o *= m);
                 }
             }
-            layers.push(LayerCache { input: std::mem::replace(&mut input, output), dirs: dir_caches, mask });
+            let layer_input = std::mem::replace(&mut input, output);
+            layers.push(LayerCache { input: if keep { layer_input } else { Vec::new() }, dirs: dir_caches, mask });
         }
-        self.cache = Some(Cache { b, t, layers });
+        self.cache = Some(Cache { b, t, trainable: keep, layers });
         let mut y = vec![0.0; input.len()];
         tb_to_bt(&input, b, t, out_dim, &mut y);
         Ok(y)
@@ -345,19 +369,12 @@ impl Rnn {
             for (d, dc) in lc.dirs.iter().enumerate() {
                 let idx = l * dirs + d;
                 // The forward direction ends at t = T-1, the reverse one at t = 0.
-                let last = if d == 0 { t - 1 } else { 0 };
+                let last = if d == 0 { t.saturating_sub(1) } else { 0 };
                 let dst = idx * b * h..(idx + 1) * b * h;
-                let src = last * b * h..(last + 1) * b * h;
-                if t == 0 {
-                    s.h[dst.clone()].copy_from_slice(&dc.h0);
-                    if !s.c.is_empty() {
-                        s.c[dst].copy_from_slice(&dc.c0);
-                    }
-                    continue;
-                }
-                s.h[dst.clone()].copy_from_slice(&dc.h[src.clone()]);
+                let h_last = if t == 0 { &dc.h0[..] } else { &dc.h[last * b * h..(last + 1) * b * h] };
+                s.h[dst.clone()].copy_from_slice(h_last);
                 if !s.c.is_empty() {
-                    s.c[dst].copy_from_slice(&dc.c[src]);
+                    s.c[dst].copy_from_slice(&dc.c_last);
                 }
             }
         }
@@ -368,6 +385,10 @@ impl Rnn {
     /// the last [`Rnn::forward`]; returns `dx (B, T, D)` and ACCUMULATES every parameter gradient.
     pub fn backward(&mut self, dy: &[f32]) -> Result<Vec<f32>> {
         let cache = self.cache.take().ok_or_else(|| Error::Invalid("rnn backward called without a forward pass".into()))?;
+        if !cache.trainable {
+            self.cache = Some(cache);
+            return Err(Error::Invalid("rnn backward after infer(): run forward() to keep what backward needs".into()));
+        }
         let (b, t) = (cache.b, cache.t);
         let (h, dirs, kind, out_dim) = (self.cfg.hidden, self.cfg.directions(), self.kind, self.cfg.output_dim());
         if let Err(e) = check_len("rnn output gradient (B, T, dirs*H)", &[b, t, out_dim], dy.len()) {
@@ -538,75 +559,111 @@ fn gru_pointwise(gates: &mut [f32], hw: &[f32], h_prev: Option<&[f32]>, h_out: &
     }
 }
 
+/// Time steps per input-projection GEMM in inference mode: large enough for an efficient GEMM, small
+/// enough that the `(chunk, B, G*H)` gate buffer stays in cache and memory does not grow with T.
+const INFER_CHUNK: usize = 64;
+
 /// Forward over the whole sequence for one direction. `input (T, B, D_in)`.
+///
+/// With `keep` (training) the gates of every step, the cell states (LSTM) and the recurrent candidate
+/// term (GRU) are kept for backward, and the input projection is one GEMM over all T*B rows. Without it
+/// (inference) only the outputs are kept, and the projection runs in chunks of [`INFER_CHUNK`] steps.
 #[allow(clippy::too_many_arguments)]
-fn run_direction(kind: Kind, cell: &Cell, input: &[f32], b: usize, t: usize, d_in: usize, init: (Vec<f32>, Vec<f32>), reverse: bool) -> DirCache {
+fn run_direction(kind: Kind, cell: &Cell, input: &[f32], b: usize, t: usize, d_in: usize, init: (Vec<f32>, Vec<f32>), reverse: bool, keep: bool) -> DirCache {
     let h = cell.w_hh.shape[1];
     let gh = cell.w_hh.shape[0];
     let (h0, c0) = init;
-    // gates (T*B, G*H) = input · W_ih^T + bias: the hoisted input projection, one GEMM for all steps.
-    let mut gates = vec![0.0; t * b * gh];
+    let step = b * h;
+    let chunk = if keep { t.max(1) } else { INFER_CHUNK.min(t.max(1)) };
     let mut bias = vec![0.0; gh];
     cell.input_bias(kind, &mut bias);
-    for row in gates.chunks_exact_mut(gh) {
-        row.copy_from_slice(&bias);
-    }
-    matmul(t * b, gh, d_in, 1.0, input, Trans::N, &cell.w_ih.value, Trans::T, 1.0, &mut gates);
-
-    let mut hs = vec![0.0; t * b * h]; // (T, B, H)
-    let mut cs = if kind == Kind::Lstm { vec![0.0; t * b * h] } else { Vec::new() }; // (T, B, H)
-    let mut hn = if kind == Kind::Gru { vec![0.0; t * b * h] } else { Vec::new() }; // (T, B, H)
+    let mut gates = vec![0.0; chunk * b * gh]; // (chunk, B, G*H): input projections, then activated gates
+    let mut hs = vec![0.0; t * step]; // (T, B, H)
+    let lstm = kind == Kind::Lstm;
+    let mut cs = if lstm && keep { vec![0.0; t * step] } else { Vec::new() }; // (T, B, H), training only
+    let (mut c_a, mut c_b) = if lstm && !keep { (c0.clone(), vec![0.0; step]) } else { (Vec::new(), Vec::new()) }; // (B, H) ping-pong, inference
+    let mut hn = if kind == Kind::Gru && keep { vec![0.0; t * step] } else { Vec::new() }; // (T, B, H)
     let mut hw = vec![0.0; b * gh]; // (B, G*H) GRU scratch
-    let step = b * h;
-    for s in 0..t {
-        let tt = if reverse { t - 1 - s } else { s };
-        let prev = if s == 0 {
-            None
-        } else if reverse {
-            Some(tt + 1)
+    let mut s = 0; // steps done, in processing order
+    for ci in 0..t.div_ceil(chunk) {
+        // Time range [t0, t1) of this chunk; the reverse direction walks the chunks from the end.
+        let (t0, t1) = if reverse {
+            let t1 = t - ci * chunk;
+            (t1.saturating_sub(chunk), t1)
         } else {
-            Some(tt - 1)
+            (ci * chunk, ((ci + 1) * chunk).min(t))
         };
-        // Split so that the previous step's states can be read while this step's are written.
-        let (h_prev, h_cur): (&[f32], &mut [f32]) = split_prev_cur(&mut hs, prev, tt, step, &h0);
-        let g_t = &mut gates[tt * b * gh..(tt + 1) * b * gh];
-        match kind {
-            Kind::Lstm => {
-                packed_matmul_acc(b, h_prev, h, &cell.w_hh_t, g_t, gh);
-                let (c_prev, c_cur) = split_prev_cur(&mut cs, prev, tt, step, &c0);
-                for bi in 0..b {
-                    lstm_pointwise(
-                        &mut g_t[bi * gh..(bi + 1) * gh],
-                        &mut c_cur[bi * h..(bi + 1) * h],
-                        Some(&c_prev[bi * h..(bi + 1) * h]),
-                        &mut h_cur[bi * h..(bi + 1) * h],
-                        h,
-                    );
-                }
-            }
-            Kind::Gru => {
-                for row in hw.chunks_exact_mut(gh) {
-                    match &cell.b_hh {
-                        Some(bias) => row.copy_from_slice(&bias.value),
-                        None => row.iter_mut().for_each(|v| *v = 0.0),
+        // gates (rows, G*H) = input[t0..t1] · W_ih^T + bias: the hoisted input projection as one GEMM.
+        let rows = (t1 - t0) * b;
+        for row in gates[..rows * gh].chunks_exact_mut(gh) {
+            row.copy_from_slice(&bias);
+        }
+        matmul(rows, gh, d_in, 1.0, &input[t0 * b * d_in..t1 * b * d_in], Trans::N, &cell.w_ih.value, Trans::T, 1.0, &mut gates[..rows * gh]);
+        for k in 0..(t1 - t0) {
+            let tt = if reverse { t1 - 1 - k } else { t0 + k };
+            let prev = if s == 0 {
+                None
+            } else if reverse {
+                Some(tt + 1)
+            } else {
+                Some(tt - 1)
+            };
+            s += 1;
+            // Split so that the previous step's states can be read while this step's are written.
+            let (h_prev, h_cur): (&[f32], &mut [f32]) = split_prev_cur(&mut hs, prev, tt, step, &h0);
+            let g_t = &mut gates[(tt - t0) * b * gh..(tt - t0 + 1) * b * gh];
+            match kind {
+                Kind::Lstm => {
+                    packed_matmul_acc(b, h_prev, h, &cell.w_hh_t, g_t, gh);
+                    let (c_prev, c_cur): (&[f32], &mut [f32]) = if keep { split_prev_cur(&mut cs, prev, tt, step, &c0) } else { (&c_a, &mut c_b) };
+                    for bi in 0..b {
+                        lstm_pointwise(
+                            &mut g_t[bi * gh..(bi + 1) * gh],
+                            &mut c_cur[bi * h..(bi + 1) * h],
+                            Some(&c_prev[bi * h..(bi + 1) * h]),
+                            &mut h_cur[bi * h..(bi + 1) * h],
+                            h,
+                        );
+                    }
+                    if !keep {
+                        std::mem::swap(&mut c_a, &mut c_b);
                     }
                 }
-                packed_matmul_acc(b, h_prev, h, &cell.w_hh_t, &mut hw, gh);
-                let hn_t = &mut hn[tt * step..(tt + 1) * step];
-                for bi in 0..b {
-                    hn_t[bi * h..(bi + 1) * h].copy_from_slice(&hw[bi * gh + 2 * h..(bi + 1) * gh]);
-                    gru_pointwise(
-                        &mut g_t[bi * gh..(bi + 1) * gh],
-                        &hw[bi * gh..(bi + 1) * gh],
-                        Some(&h_prev[bi * h..(bi + 1) * h]),
-                        &mut h_cur[bi * h..(bi + 1) * h],
-                        h,
-                    );
+                Kind::Gru => {
+                    for row in hw.chunks_exact_mut(gh) {
+                        match &cell.b_hh {
+                            Some(bias) => row.copy_from_slice(&bias.value),
+                            None => row.iter_mut().for_each(|v| *v = 0.0),
+                        }
+                    }
+                    packed_matmul_acc(b, h_prev, h, &cell.w_hh_t, &mut hw, gh);
+                    for bi in 0..b {
+                        if keep {
+                            hn[tt * step + bi * h..tt * step + (bi + 1) * h].copy_from_slice(&hw[bi * gh + 2 * h..(bi + 1) * gh]);
+                        }
+                        gru_pointwise(
+                            &mut g_t[bi * gh..(bi + 1) * gh],
+                            &hw[bi * gh..(bi + 1) * gh],
+                            Some(&h_prev[bi * h..(bi + 1) * h]),
+                            &mut h_cur[bi * h..(bi + 1) * h],
+                            h,
+                        );
+                    }
                 }
             }
         }
     }
-    DirCache { gates, c: cs, hn, h: hs, h0, c0 }
+    // Cell state after the last processed step (c_a holds it after the final swap in inference mode).
+    let c_last = match (lstm, keep) {
+        (false, _) => Vec::new(),
+        (true, false) => c_a,
+        (true, true) if t == 0 => c0.clone(),
+        (true, true) => {
+            let last = if reverse { 0 } else { t - 1 };
+            cs[last * step..(last + 1) * step].to_vec()
+        }
+    };
+    DirCache { gates: if keep { gates } else { Vec::new() }, c: cs, hn, h: hs, h0, c0, c_last }
 }
 
 /// Splits a `(T, B, H)` buffer into the (read-only) block of step `prev` — or `init` when there is none —

@@ -163,3 +163,21 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(matches!(rnn.step(&[0.0; 3], &mut s, &mut [0.0; 4]), Err(Error::Invalid(_))));
     assert!(Rnn::new(&RnnConfig { hidden: 0, ..cfg }, 0).is_err());
 }
+
+#[test]
+fn inference_mode_equals_training_forward_and_refuses_backward() {
+    for cfg in configs() {
+        // T = 150 spans several inference chunks, including a partial one.
+        let (b, t) = (2, 150);
+        let mut rnn = Rnn::new(&cfg, 21).unwrap();
+        let x = seq(b * t * cfg.input, 22);
+        let y = rnn.forward(&x, b, t, None).unwrap();
+        let s = rnn.final_state().unwrap();
+        let y_inf = rnn.infer(&x, b, t).unwrap();
+        assert_eq!(y, y_inf, "{cfg:?}");
+        let s_inf = rnn.final_state().unwrap();
+        assert_eq!(s.h, s_inf.h);
+        assert_eq!(s.c, s_inf.c);
+        assert!(matches!(rnn.backward(&y), Err(Error::Invalid(_))));
+    }
+}
