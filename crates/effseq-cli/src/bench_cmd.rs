@@ -79,16 +79,20 @@ impl BenchArgs {
     }
 }
 
-/// Runs the benchmark, prints the table (and, with `json`, one JSON object as the last stdout line).
+/// Runs the benchmark, prints the table (and, with `json`, one JSON object as the last stdout line, the
+/// human-readable lines then going to stderr).
 pub fn run(args: &BenchArgs, json: bool) -> Result<Vec<BenchRecord>> {
     let cfg = args.config()?;
-    println!(
+    let say = |text: &str| if json { eprint!("{text}") } else { print!("{text}") };
+    say(&format!(
+        "{}\n",
+        format_args!(
         "effseq bench: models {} | D = H = {} for every model | {} thread(s) | median of {} runs after 1 warm-up | memory: peak extra heap bytes (counting allocator)",
         cfg.models.iter().map(|m| m.name()).collect::<Vec<_>>().join(","),
         cfg.dim,
         rayon::current_num_threads(),
         cfg.repeats
-    );
+    )));
     let total = cfg.models.len() * cfg.modes.len() * cfg.batches.len() * cfg.seq_lens.len();
     let bar = if std::io::stderr().is_terminal() && !json { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("static template"));
@@ -97,9 +101,9 @@ pub fn run(args: &BenchArgs, json: bool) -> Result<Vec<BenchRecord>> {
         bar.set_message(format!("{} {} B={} T={}", r.model, r.mode, r.batch, r.seq_len));
     })?;
     bar.finish_and_clear();
-    print!("{}", bench::format_table(&records));
+    say(&bench::format_table(&records));
     if let Some(rss) = bench::process_peak_rss() {
-        println!("process peak RSS: {:.1} MiB", rss as f64 / (1u64 << 20) as f64);
+        say(&format!("process peak RSS: {:.1} MiB\n", rss as f64 / (1u64 << 20) as f64));
     }
     if let Some(path) = &args.json_file {
         let text = serde_json::to_string_pretty(&records).map_err(|e| Error::Invalid(e.to_string()))?;

@@ -1,1 +1,74 @@
-fn main() {}
+//! `effseq`: train, evaluate and inspect sequence models from the command line.
+//!
+//! Every subcommand lives in its own module with a clap `Args` struct and a `run` function; adding one is one
+//! variant of [`Command`] and one arm in [`dispatch`]. Failures are [`failure::CliError`]s: `error: <message>`
+//! (and sometimes a `hint:` line) on stderr, and an exit code that says what kind of failure it was
+//! ([`failure::exit`]). With `--json` the last line of stdout is one JSON object.
+
+mod bench_cmd;
+mod eval_cmd;
+mod failure;
+mod format;
+mod info_cmd;
+mod progress;
+mod train_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use failure::CliError;
+
+/// Counts heap bytes so that `effseq bench` can report each configuration's peak memory.
+#[global_allocator]
+static ALLOCATOR: effseq::bench::alloc::CountingAllocator = effseq::bench::alloc::CountingAllocator;
+
+/// Efficient sequence models (LSTM, GRU) on the CPU: train, evaluate, inspect and benchmark.
+#[derive(Parser, Debug)]
+#[command(name = "effseq", version, about, propagate_version = true)]
+struct Cli {
+    /// Print one JSON object as the last line of stdout (human-readable lines go to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model on a generated task, with periodic evaluation and checkpoints.
+    Train(train_cmd::TrainArgs),
+    /// Evaluate a checkpoint on its task's evaluation set.
+    Eval(eval_cmd::EvalArgs),
+    /// Show the resolved config and the parameters (per tensor) of a config file or a checkpoint.
+    Info(info_cmd::InfoArgs),
+    /// Time and memory of each model against sequence length (forward, train, streaming step).
+    Bench(bench_cmd::BenchArgs),
+}
+
+/// Runs the chosen subcommand.
+fn dispatch(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Train(args) => train_cmd::run(&args, cli.json),
+        Command::Eval(args) => eval_cmd::run(&args, cli.json),
+        Command::Info(args) => info_cmd::run(&args, cli.json),
+        Command::Bench(args) => {
+            bench_cmd::run(&args, cli.json)?;
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // clap prints its own usage errors and exits with code 2 (0 for --help and --version).
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            err.print();
+            ExitCode::from(err.code)
+        }
+    }
+}

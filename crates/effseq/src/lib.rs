@@ -48,6 +48,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod gradcheck;
 pub mod layers;

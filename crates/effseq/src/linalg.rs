@@ -247,7 +247,7 @@ unsafe fn packed_panels_acc(rows: usize, x: &[f32], ldx: usize, w: &PackedPanels
 /// (4 rows × 16 columns = 8 AVX accumulators; per k: 2 panel loads, 4 broadcasts, 8 FMAs).
 #[inline]
 fn panel_kernel(nr: usize, k: usize, x: &[f32], ldx: usize, panel: &[f32], acc: &mut [[f32; PANEL]; 4]) {
-    assert!(nr >= 1 && nr <= 4 && x.len() >= (nr - 1) * ldx + k && panel.len() >= k * PANEL);
+    assert!((1..=4).contains(&nr) && x.len() >= (nr - 1) * ldx + k && panel.len() >= k * PANEL);
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
     {
         // SAFETY: the assert above bounds every read; the target features are enabled at compile time.

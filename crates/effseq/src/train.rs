@@ -343,8 +343,7 @@ mod tests {
             let mut first = Record::default();
             Trainer::new(cfg.clone()).unwrap().with_checkpoint_dir(dir.path()).run_to(6, &mut first).unwrap();
             let mut second = Record::default();
-            let resumed = Trainer::resume(checkpoint::load(dir.path()).unwrap()).unwrap().with_checkpoint_dir(dir.path());
-            let mut resumed = resumed;
+            let mut resumed = Trainer::resume(checkpoint::load(dir.path()).unwrap()).unwrap().with_checkpoint_dir(dir.path());
             let summary = resumed.run(&mut second).unwrap();
             assert_eq!(second.start, Some((6, 12)));
 

@@ -92,45 +92,26 @@ fn chunked_forward_from_state_equals_one_forward() {
     }
 }
 
-/// loss = sum(y * R), checked against central differences for every parameter and input coordinate.
+/// loss = sum(y * R) for a fixed random R, checked against central differences for every parameter
+/// (every coordinate: the tensors are small) and every input coordinate.
 #[test]
 fn backward_matches_finite_differences() {
+    use crate::gradcheck::{check_module_grads, check_param_grads, projection_loss, projection_weights, GradCheckOpts};
     for cfg in configs() {
         let (b, t) = (2, 4);
         let mut rnn = Rnn::new(&cfg, 11).unwrap();
-        let x = seq(b * t * cfg.input, 12);
-        let r = seq(b * t * cfg.output_dim(), 13);
-        let loss = |rnn: &mut Rnn, x: &[f32]| -> f64 { rnn.forward(x, b, t, None).unwrap().iter().zip(&r).map(|(y, w)| *y as f64 * *w as f64).sum() };
+        let mut x = seq(b * t * cfg.input, 12);
+        let r = projection_weights(b * t * cfg.output_dim(), 13);
         rnn.zero_grad();
         rnn.forward(&x, b, t, None).unwrap();
         let dx = rnn.backward(&r).unwrap();
-        let eps = 1e-2f32;
-        let tol = |a: f64, n: f64| (a - n).abs() <= 2e-3 * (1.0 + n.abs());
-        // Inputs.
-        let mut xp = x.clone();
-        for i in 0..x.len() {
-            xp[i] = x[i] + eps;
-            let lp = loss(&mut rnn, &xp);
-            xp[i] = x[i] - eps;
-            let lm = loss(&mut rnn, &xp);
-            xp[i] = x[i];
-            let num = (lp - lm) / (2.0 * eps as f64);
-            assert!(tol(dx[i] as f64, num), "{cfg:?}: dx[{i}] analytic {} vs numeric {num}", dx[i]);
-        }
-        // Every parameter.
-        let analytic: Vec<(String, Vec<f32>)> = rnn.params().iter().map(|p| (p.name.clone(), p.grad.clone())).collect();
-        for (pi, (name, grad)) in analytic.iter().enumerate() {
-            for i in 0..grad.len() {
-                let orig = rnn.params()[pi].value[i];
-                rnn.params_mut()[pi].value[i] = orig + eps;
-                let lp = loss(&mut rnn, &x);
-                rnn.params_mut()[pi].value[i] = orig - eps;
-                let lm = loss(&mut rnn, &x);
-                rnn.params_mut()[pi].value[i] = orig;
-                let num = (lp - lm) / (2.0 * eps as f64);
-                assert!(tol(grad[i] as f64, num), "{cfg:?}: {name}[{i}] analytic {} vs numeric {num}", grad[i]);
-            }
-        }
+        let opts = GradCheckOpts { max_coords: usize::MAX, ..Default::default() };
+        let mut probe = rnn.clone();
+        check_param_grads("x", &mut x, &dx, |xs| projection_loss(&probe.forward(xs, b, t, None).unwrap(), &r), &opts)
+            .unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+        let reports = check_module_grads(&mut rnn, |m: &mut Rnn| projection_loss(&m.forward(&x, b, t, None).unwrap(), &r), &opts)
+            .unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+        assert_eq!(reports.len(), rnn.params().len());
     }
 }
 

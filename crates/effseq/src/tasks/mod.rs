@@ -75,9 +75,9 @@ pub struct Batch {
 
 /// Sequences per evaluation batch are capped so that one batch holds about this many time steps (`B * T`),
 /// which bounds the activation memory of an evaluation forward pass on long sequences.
-const EVAL_STEPS_PER_BATCH: usize = 32_768;
+pub const EVAL_STEPS_PER_BATCH: usize = 32_768;
 /// Upper bound on the sequences of one evaluation batch.
-const EVAL_MAX_BATCH: usize = 256;
+pub const EVAL_MAX_BATCH: usize = 256;
 
 /// A generated task: the training stream, the fixed evaluation set, the loss and the metric.
 #[derive(Clone, Debug)]
@@ -188,7 +188,7 @@ impl Task {
     }
 
     /// The fixed evaluation set: `eval_size` sequences drawn from `rng_for(seed, streams::EVAL_DATA)`, in batches
-    /// of at most [`EVAL_MAX_BATCH`] sequences and about `EVAL_STEPS_PER_BATCH` steps. Generated on the fly, so
+    /// of at most [`EVAL_MAX_BATCH`] sequences and about [`EVAL_STEPS_PER_BATCH`] steps. Generated on the fly, so
     /// holding a task costs no memory; every call yields the same batches.
     pub fn eval_set(&self) -> EvalSet<'_> {
         let per_batch = (EVAL_STEPS_PER_BATCH / self.steps_per_sequence()).clamp(1, EVAL_MAX_BATCH);
@@ -203,7 +203,7 @@ impl Task {
     pub fn evaluate(&self, network: &mut Network) -> Result<Evaluation> {
         let mut acc = EvalAccumulator::default();
         for batch in self.eval_set() {
-            let outputs = network.forward(&batch.inputs, batch.batch, batch.seq_len, None)?;
+            let outputs = network.predict(&batch.inputs, batch.batch, batch.seq_len)?;
             acc.add(self, &outputs, &batch)?;
         }
         Ok(acc.finish(self))

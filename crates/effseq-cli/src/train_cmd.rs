@@ -1,0 +1,292 @@
+//! `effseq train`: build a run config from defaults, a config file and flags (in increasing precedence), or
+//! resume a checkpoint, then train with a progress bar, periodic evaluation and checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use effseq::checkpoint;
+use effseq::config::{ModelKind, RunConfig, TaskKind};
+use effseq::tasks::Task;
+use effseq::train::{Summary, Trainer};
+use effseq::Module;
+use serde::Serialize;
+
+use crate::failure::CliError;
+use crate::format::{describe_eval, describe_model, describe_task, describe_train, grouped};
+use crate::progress::TrainProgress;
+
+/// Arguments of `effseq train`. Every flag overrides the config file, which overrides the defaults.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Model architecture: lstm or gru [default: lstm].
+    #[arg(long, value_parser = parse_model)]
+    pub model: Option<ModelKind>,
+    /// Task: adding or copy [default: adding].
+    #[arg(long, value_parser = parse_task)]
+    pub task: Option<TaskKind>,
+    /// Sequence length T (adding: steps; copy: the blank gap, sequences have T + 20 steps) [default: 50].
+    #[arg(long, value_name = "T")]
+    pub seq_len: Option<usize>,
+    /// Training steps [default: 2000].
+    #[arg(long, value_name = "N")]
+    pub steps: Option<u64>,
+    /// Sequences per batch [default: 32].
+    #[arg(long, value_name = "B")]
+    pub batch: Option<usize>,
+    /// Peak learning rate [default: 0.002].
+    #[arg(long, value_name = "X")]
+    pub lr: Option<f32>,
+    /// Seed of initialisation, data and dropout [default: 0].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Hidden size H per layer and direction [default: 128].
+    #[arg(long, value_name = "H")]
+    pub hidden: Option<usize>,
+    /// Stacked recurrent layers [default: 1].
+    #[arg(long, value_name = "L")]
+    pub layers: Option<usize>,
+    /// Add a time-reversed direction to every layer.
+    #[arg(long)]
+    pub bidirectional: bool,
+    /// Dropout between stacked layers, in [0, 1) [default: 0].
+    #[arg(long, value_name = "P")]
+    pub dropout: Option<f32>,
+    /// Sequences in the evaluation set [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub eval_size: Option<usize>,
+    /// Evaluate every N steps, 0 for only at the end [default: 250].
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<u64>,
+    /// Write a checkpoint every N steps, 0 for only at the end [default: 500].
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
+    /// Run config file (TOML, or JSON by its .json extension); flags override it.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    pub config: Option<PathBuf>,
+    /// Checkpoint directory [default: runs/MODEL-TASK, or the --resume directory].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run of this checkpoint exactly where it stopped (--steps may extend it).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Replace a checkpoint already in the output directory instead of refusing to start.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+fn parse_model(s: &str) -> Result<ModelKind, String> {
+    ModelKind::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_task(s: &str) -> Result<TaskKind, String> {
+    TaskKind::parse(s).map_err(|e| e.to_string())
+}
+
+/// The last line of `effseq train --json`.
+#[derive(Serialize)]
+struct TrainJson<'a> {
+    model: &'a str,
+    task: &'a str,
+    seq_len: usize,
+    steps: u64,
+    steps_this_run: u64,
+    train_loss: f32,
+    eval_metric: f32,
+    metric_name: &'a str,
+    eval_loss: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recall_loss: Option<f32>,
+    best_metric: Option<f32>,
+    steps_per_s: f64,
+    wall_time_s: f64,
+    params: usize,
+    checkpoint: Option<String>,
+}
+
+impl TrainArgs {
+    /// Writes every given flag into `cfg`.
+    fn apply(&self, cfg: &mut RunConfig) {
+        let (m, t, tr) = (&mut cfg.model, &mut cfg.task, &mut cfg.train);
+        set(&mut m.kind, self.model);
+        set(&mut m.hidden, self.hidden);
+        set(&mut m.layers, self.layers);
+        set(&mut m.dropout, self.dropout);
+        m.bidirectional |= self.bidirectional;
+        set(&mut t.kind, self.task);
+        set(&mut t.seq_len, self.seq_len);
+        set(&mut t.eval_size, self.eval_size);
+        set(&mut tr.steps, self.steps);
+        set(&mut tr.batch, self.batch);
+        set(&mut tr.lr, self.lr);
+        set(&mut tr.seed, self.seed);
+        set(&mut tr.eval_every, self.eval_every);
+        set(&mut tr.checkpoint_every, self.checkpoint_every);
+    }
+
+    /// The fresh run's config: defaults, then the config file, then the flags.
+    fn fresh_config(&self) -> Result<RunConfig, CliError> {
+        let mut cfg = match &self.config {
+            Some(path) => RunConfig::from_file(path).map_err(|e| match e {
+                effseq::Error::Io { source, .. } => {
+                    CliError::usage(format!("cannot read config file {}: {source}", path.display())).with_hint("--config takes a TOML (or .json) run config")
+                }
+                other => other.into(),
+            })?,
+            None => RunConfig::default(),
+        };
+        self.apply(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A resumed run keeps its checkpoint's config; only --steps, --eval-every and --checkpoint-every may change.
+    fn resumed_config(&self, saved: &RunConfig, done: u64, dir: &Path) -> Result<RunConfig, CliError> {
+        let mut wanted = saved.clone();
+        self.apply(&mut wanted);
+        let mut kept = wanted.clone();
+        kept.train.steps = saved.train.steps;
+        kept.train.eval_every = saved.train.eval_every;
+        kept.train.checkpoint_every = saved.train.checkpoint_every;
+        if kept != *saved {
+            return Err(CliError::usage(format!(
+                "a resumed run keeps the config of its checkpoint {}; these flags would change it: {}",
+                dir.display(),
+                changed_fields(saved, &kept)
+            ))
+            .with_hint("only --steps, --eval-every and --checkpoint-every may be given with --resume; start a new run (--out DIR) to change anything else"));
+        }
+        if wanted.train.steps < done {
+            return Err(CliError::usage(format!(
+                "--steps {} is below the {done} steps the checkpoint {} has already trained",
+                wanted.train.steps,
+                dir.display()
+            )));
+        }
+        wanted.validate()?;
+        Ok(wanted)
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+/// `section.field (saved -> wanted)` for every field that differs between two configs.
+fn changed_fields(saved: &RunConfig, wanted: &RunConfig) -> String {
+    // Through JSON text, so that f32 fields print as written (0.002, not 0.0020000000949949026).
+    let flat = |cfg: &RunConfig| -> Vec<(String, String)> {
+        let value: serde_json::Value = serde_json::to_string(cfg).and_then(|text| serde_json::from_str(&text)).unwrap_or_default();
+        let mut out = Vec::new();
+        if let serde_json::Value::Object(sections) = value {
+            for (section, fields) in sections {
+                if let serde_json::Value::Object(fields) = fields {
+                    out.extend(fields.into_iter().map(|(k, v)| (format!("{section}.{k}"), v.to_string())));
+                }
+            }
+        }
+        out
+    };
+    let before = flat(saved);
+    let after = flat(wanted);
+    let changes: Vec<String> = after
+        .iter()
+        .filter_map(|(key, new)| {
+            let old = before.iter().find(|(k, _)| k == key).map_or("unset", |(_, v)| v.as_str());
+            (old != new).then(|| format!("{key} ({old} -> {new})"))
+        })
+        .collect();
+    changes.join(", ")
+}
+
+/// Runs `effseq train`.
+pub fn run(args: &TrainArgs, json: bool) -> Result<(), CliError> {
+    let mut progress = TrainProgress::new(json);
+    let (trainer, out, resumed_at) = match &args.resume {
+        Some(dir) => {
+            let mut loaded = checkpoint::load(dir)?;
+            loaded.config = args.resumed_config(&loaded.config, loaded.state.step, dir)?;
+            let out = args.out.clone().unwrap_or_else(|| dir.clone());
+            if out != *dir {
+                refuse_to_replace(&out, args.overwrite)?;
+            }
+            let step = loaded.state.step;
+            (Trainer::resume(loaded)?, out, Some((dir.clone(), step)))
+        }
+        None => {
+            let cfg = args.fresh_config()?;
+            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", cfg.model.kind.name(), cfg.task.kind.name())));
+            refuse_to_replace(&out, args.overwrite)?;
+            (Trainer::new(cfg)?, out, None)
+        }
+    };
+    let mut trainer = trainer.with_checkpoint_dir(&out);
+    print_header(&progress, &trainer, &out, resumed_at.as_ref());
+
+    let result = trainer.run(&mut progress);
+    progress.finish();
+    let summary = result?;
+    print_summary(&progress, &summary, trainer.config(), json)
+}
+
+/// A fresh run must not silently replace an earlier run's checkpoint.
+fn refuse_to_replace(out: &Path, overwrite: bool) -> Result<(), CliError> {
+    if checkpoint::exists(out) && !overwrite {
+        return Err(CliError::usage(format!("{} already holds a checkpoint", out.display()))
+            .with_hint(format!("continue it with --resume {0}, replace it with --overwrite, or write elsewhere with --out DIR", out.display())));
+    }
+    Ok(())
+}
+
+fn print_header(progress: &TrainProgress, trainer: &Trainer, out: &Path, resumed_at: Option<&(PathBuf, u64)>) {
+    let cfg = trainer.config();
+    let task: &Task = trainer.task();
+    progress.line(&format!("effseq {}: training {} on {}", env!("CARGO_PKG_VERSION"), cfg.model.kind.name(), cfg.task.kind.name()));
+    progress.line(&format!("  model  {}: {} parameters", describe_model(&cfg.model), grouped(trainer.network().num_params())));
+    progress.line(&format!("  task   {} ({})", describe_task(cfg), task.baseline_note()));
+    progress.line(&format!("  train  {}", describe_train(&cfg.train)));
+    let every = |n: u64, what: &str| if n == 0 { format!("{what} at the end") } else { format!("{what} every {n} steps") };
+    progress.line(&format!("  out    {} ({}, {})", out.display(), every(cfg.train.checkpoint_every, "checkpoint"), every(cfg.train.eval_every, "eval")));
+    if let Some((dir, step)) = resumed_at {
+        progress.line(&format!("  resuming {} at step {step} of {}", dir.display(), cfg.train.steps));
+    }
+}
+
+fn print_summary(progress: &TrainProgress, s: &Summary, cfg: &RunConfig, json: bool) -> Result<(), CliError> {
+    let best = s.best_metric.map(|b| format!(", best {b:.5}")).unwrap_or_default();
+    let checkpoint = s.checkpoint.as_ref().map(|p| format!("; checkpoint {}", p.display())).unwrap_or_default();
+    progress.line(&format!(
+        "done: {} steps ({} this run) in {:.1} s, {:.1} steps/s; train loss {:.5}; {}{best}{checkpoint}",
+        s.steps,
+        s.steps_this_run,
+        s.wall_time_s,
+        s.steps_per_s,
+        s.train_loss,
+        describe_eval(&s.eval)
+    ));
+    if json {
+        let line = TrainJson {
+            model: s.model,
+            task: s.task,
+            seq_len: cfg.task.seq_len,
+            steps: s.steps,
+            steps_this_run: s.steps_this_run,
+            train_loss: s.train_loss,
+            eval_metric: s.eval.metric,
+            metric_name: s.eval.metric_name,
+            eval_loss: s.eval.loss,
+            recall_loss: s.eval.recall_loss,
+            best_metric: s.best_metric,
+            steps_per_s: s.steps_per_s,
+            wall_time_s: s.wall_time_s,
+            params: s.params,
+            checkpoint: s.checkpoint.as_ref().map(|p| p.display().to_string()),
+        };
+        println!(
+            "{}",
+            serde_json::to_string(&line).map_err(|e| CliError { message: format!("cannot write JSON: {e}"), hint: None, code: crate::failure::exit::OTHER })?
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The `effseq` binary end to end: tiny training runs, evaluation, resumption, and every kind of bad input
+//! giving its exit code and a message that names the problem.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// Flags of a run small enough to take a fraction of a second.
+const TINY: &[&str] =
+    &["--hidden", "8", "--steps", "20", "--batch", "4", "--seq-len", "10", "--eval-size", "32", "--eval-every", "10", "--checkpoint-every", "10"];
+
+/// Runs `effseq args...` in `cwd`.
+fn effseq(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_effseq")).current_dir(cwd).args(args).output().expect("the effseq binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The JSON object on the last line of stdout, after checking the exit code is 0.
+fn last_json(out: &Output) -> Value {
+    assert!(out.status.success(), "effseq failed ({:?}):\n{}", out.status.code(), stderr(out));
+    let text = stdout(out);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {line:?}"))
+}
+
+/// Asserts the exit code and that stderr has `error:` and every one of `needles`.
+fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "expected exit code {code}; stderr:\n{err}");
+    assert!(err.contains("error:"), "stderr should start with 'error:':\n{err}");
+    assert!(!err.contains("panicked"), "must not panic:\n{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "stderr should mention '{needle}':\n{err}");
+    }
+}
+
+/// Trains a tiny model into `dir/name` and returns the JSON summary; flags in `extra` replace those of [`TINY`].
+fn train_tiny(dir: &Path, name: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["train", "--json", "--out", name];
+    for pair in TINY.chunks_exact(2) {
+        if !extra.contains(&pair[0]) {
+            args.extend_from_slice(pair);
+        }
+    }
+    args.extend_from_slice(extra);
+    last_json(&effseq(dir, &args))
+}
+
+#[test]
+fn train_eval_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = train_tiny(dir.path(), "run", &["--model", "gru", "--task", "adding"]);
+    assert_eq!(summary["model"], "gru");
+    assert_eq!(summary["task"], "adding");
+    assert_eq!(summary["steps"], 20);
+    assert_eq!(summary["metric_name"], "mse");
+    assert!(summary["train_loss"].as_f64().unwrap().is_finite());
+    assert!(summary["steps_per_s"].as_f64().unwrap() > 0.0);
+    for file in ["model.safetensors", "optimizer.safetensors", "config.toml", "state.json"] {
+        assert!(dir.path().join("run").join(file).is_file(), "checkpoint file {file}");
+    }
+
+    // Evaluating the checkpoint reproduces the final evaluation of the run exactly.
+    let eval = last_json(&effseq(dir.path(), &["eval", "--checkpoint", "run", "--json"]));
+    assert_eq!(eval["metric_name"], "mse");
+    assert_eq!(eval["eval_metric"], summary["eval_metric"]);
+    assert_eq!(eval["step"], 20);
+
+    // Resume for 10 more steps into the same directory.
+    let resumed = last_json(&effseq(dir.path(), &["train", "--resume", "run", "--steps", "30", "--json"]));
+    assert_eq!(resumed["steps"], 30);
+    assert_eq!(resumed["steps_this_run"], 10);
+    let eval = last_json(&effseq(dir.path(), &["eval", "--checkpoint", "run", "--json"]));
+    assert_eq!(eval["step"], 30);
+
+    // A resumed run keeps its config.
+    let out = effseq(dir.path(), &["train", "--resume", "run", "--hidden", "16"]);
+    assert_fails(&out, 2, &["model.hidden (8 -> 16)"]);
+    // A fresh run does not replace a checkpoint without --overwrite.
+    let mut args = vec!["train", "--out", "run"];
+    args.extend_from_slice(TINY);
+    assert_fails(&effseq(dir.path(), &args), 2, &["already holds a checkpoint", "--overwrite"]);
+    args.push("--overwrite");
+    assert!(effseq(dir.path(), &args).status.success());
+}
+
+#[test]
+fn copy_task_reports_accuracy_and_human_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = train_tiny(dir.path(), "copy", &["--model", "lstm", "--task", "copy", "--seq-len", "5", "--layers", "2", "--dropout", "0.1"]);
+    assert_eq!(summary["metric_name"], "accuracy");
+    let accuracy = summary["eval_metric"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    assert!(summary["recall_loss"].as_f64().is_some());
+
+    // Without --json: a header, evaluation lines and a summary on stdout, and no JSON.
+    let mut args = vec!["train", "--model", "gru", "--task", "copy"];
+    args.extend_from_slice(TINY);
+    let out = effseq(dir.path(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for needle in ["training gru on copy", "parameters", "baseline", "step 10/20  eval accuracy", "done: 20 steps"] {
+        assert!(text.contains(needle), "stdout should contain '{needle}':\n{text}");
+    }
+    assert!(dir.path().join("runs/gru-copy/state.json").is_file(), "default output directory runs/<model>-<task>");
+}
+
+#[test]
+fn info_of_a_config_and_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("run.toml"), "[model]\nkind = \"gru\"\nhidden = 4\n\n[task]\nkind = \"copy\"\n").unwrap();
+    let out = effseq(dir.path(), &["info", "--config", "run.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    // GRU, V = 10 embedded to 4, H = 4: 40 + (12*4 + 12*4 + 12 + 12) + (10*4 + 10).
+    for needle in ["kind = \"gru\"", "embedding.weight", "rnn.weight_hh_l0", "[12, 4]", "head.bias", "(210 in total)"] {
+        assert!(text.contains(needle), "info should show '{needle}':\n{text}");
+    }
+
+    train_tiny(dir.path(), "run", &[]);
+    let info = last_json(&effseq(dir.path(), &["info", "--checkpoint", "run", "--json"]));
+    assert_eq!(info["config"]["model"]["hidden"], 8);
+    assert_eq!(info["state"]["step"], 20);
+    let total: u64 = info["params"].as_array().unwrap().iter().map(|p| p["numel"].as_u64().unwrap()).sum();
+    assert_eq!(info["total_params"], total);
+}
+
+#[test]
+fn config_file_is_overridden_by_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("run.toml"), "[model]\nkind = \"gru\"\nhidden = 6\n[train]\nsteps = 5\nbatch = 2\n").unwrap();
+    let args = vec!["train", "--config", "run.toml", "--json", "--steps", "7", "--out", "run", "--seq-len", "6", "--eval-size", "8"];
+    let summary = last_json(&effseq(dir.path(), &args));
+    assert_eq!(summary["model"], "gru");
+    assert_eq!(summary["steps"], 7);
+    let config = std::fs::read_to_string(dir.path().join("run/config.toml")).unwrap();
+    assert!(config.contains("hidden = 6") && config.contains("batch = 2"), "{config}");
+}
+
+#[test]
+fn unknown_names_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails(&effseq(dir.path(), &["train", "--model", "transformer"]), 2, &["unknown model 'transformer'", "lstm, gru"]);
+    assert_fails(&effseq(dir.path(), &["train", "--task", "sorting"]), 2, &["unknown task 'sorting'", "adding, copy"]);
+    assert_fails(&effseq(dir.path(), &["train", "--seq-len", "1", "--task", "adding"]), 2, &["task.seq_len"]);
+    assert_fails(&effseq(dir.path(), &["train", "--dropout", "1.5"]), 2, &["model.dropout"]);
+    assert_fails(&effseq(dir.path(), &["frobnicate"]), 2, &["frobnicate"]);
+}
+
+#[test]
+fn bad_config_files_are_usage_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.toml"), "[model\nhidden = 3\n").unwrap();
+    assert_fails(&effseq(dir.path(), &["train", "--config", "broken.toml"]), 2, &["broken.toml", "line 1"]);
+    std::fs::write(dir.path().join("typo.toml"), "[model]\nhiden = 3\n").unwrap();
+    assert_fails(&effseq(dir.path(), &["train", "--config", "typo.toml"]), 2, &["typo.toml", "unknown field `hiden`"]);
+    assert_fails(&effseq(dir.path(), &["info", "--config", "typo.toml"]), 2, &["unknown field `hiden`"]);
+    assert_fails(&effseq(dir.path(), &["train", "--config", "absent.toml"]), 2, &["absent.toml"]);
+}
+
+#[test]
+fn missing_and_damaged_checkpoints_are_data_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails(&effseq(dir.path(), &["eval", "--checkpoint", "nowhere"]), 3, &["nowhere", "does not exist"]);
+    assert_fails(&effseq(dir.path(), &["train", "--resume", "nowhere"]), 3, &["nowhere", "does not exist"]);
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    assert_fails(&effseq(dir.path(), &["eval", "--checkpoint", "empty"]), 3, &["state.json", "not an effseq checkpoint"]);
+
+    train_tiny(dir.path(), "run", &[]);
+    let model = dir.path().join("run/model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails(&effseq(dir.path(), &["eval", "--checkpoint", "run"]), 3, &["model.safetensors", "truncated"]);
+    assert_fails(&effseq(dir.path(), &["train", "--resume", "run"]), 3, &["model.safetensors", "truncated"]);
+    assert_fails(&effseq(dir.path(), &["info", "--checkpoint", "run"]), 3, &["model.safetensors", "truncated"]);
+}
+
+#[test]
+fn checkpoint_whose_shapes_do_not_match_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    train_tiny(dir.path(), "small", &[]);
+    train_tiny(dir.path(), "large", &["--hidden", "12"]);
+    // The weights of the hidden-8 model in the hidden-12 checkpoint, with state.json's checksums updated so
+    // that the size check is what catches it.
+    let large = dir.path().join("large");
+    std::fs::copy(dir.path().join("small/model.safetensors"), large.join("model.safetensors")).unwrap();
+    let bytes = std::fs::read(large.join("model.safetensors")).unwrap();
+    let state_path = large.join("state.json");
+    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["files"]["model.safetensors"] = serde_json::json!({ "bytes": bytes.len(), "crc32": format!("{:08x}", effseq::checkpoint::crc32(&bytes)) });
+    std::fs::write(&state_path, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    assert_fails(&effseq(dir.path(), &["eval", "--checkpoint", "large"]), 3, &["model.safetensors", "rnn.weight_ih_l0", "[32, 2]", "expects [48, 2]"]);
+}
+
+#[test]
+fn divergence_exits_with_code_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["train", "--lr", "1e30", "--out", "run"];
+    args.extend_from_slice(TINY);
+    assert_fails(&effseq(dir.path(), &args), 4, &["diverged at step"]);
+}
