@@ -156,7 +156,7 @@ pub struct TrainConfig {
     pub steps: u64,
     /// Sequences per batch. Default 32.
     pub batch: usize,
-    /// Peak learning rate. Default 2e-3.
+    /// Peak learning rate. Default 5e-3 (on adding, T = 50, the default LSTM reaches MSE 8e-4 with it and 3e-2 with 2e-3).
     pub lr: f32,
     /// Optimizer. Default AdamW.
     pub optimizer: OptimizerKind,
@@ -183,7 +183,7 @@ impl Default for TrainConfig {
         TrainConfig {
             steps: 2000,
             batch: 32,
-            lr: 2e-3,
+            lr: 5e-3,
             optimizer: OptimizerKind::Adamw,
             weight_decay: 0.0,
             momentum: 0.9,

@@ -29,14 +29,6 @@ pub mod idx;
 pub mod labelled;
 pub mod series;
 
-// TEMPORARY-DEV-HOOK (removed before hand-off)
-#[path = "../tasks/digits.rs"]
-pub mod dev_digits;
-#[path = "../tasks/forecast.rs"]
-pub mod dev_forecast;
-#[path = "../tasks/smnist.rs"]
-pub mod dev_smnist;
-
 /// The environment variable that overrides the data directory.
 pub const DATA_ENV: &str = "EFFSEQ_DATA";
 
@@ -90,7 +82,7 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
         };
         data_error(path, None, hint)
     })?;
-    if !path.extension().is_some_and(|ext| ext == "gz") {
+    if path.extension().is_none_or(|ext| ext != "gz") {
         return Ok(raw);
     }
     if raw.len() < 2 || raw[..2] != [0x1f, 0x8b] {

@@ -208,10 +208,10 @@ pub type Filled = (Vec<f32>, Vec<bool>, GapReport, std::ops::Range<usize>);
 /// the straight line between the observed values on either side: `v[i] = v[a] + (v[b] - v[a]) (i - a) / (b - a)`.
 /// An error message when no row has every value.
 pub fn fill_gaps(raw: &[Option<f32>], dim: usize) -> std::result::Result<Filled, String> {
-    if dim == 0 || raw.len() % dim != 0 {
+    let rows = raw.len().checked_div(dim).unwrap_or(0);
+    if dim == 0 || rows * dim != raw.len() {
         return Err(format!("{} values do not form rows of {dim} features", raw.len()));
     }
-    let rows = raw.len() / dim;
     let complete = |t: usize| raw[t * dim..(t + 1) * dim].iter().all(Option::is_some);
     let Some(first) = (0..rows).find(|&t| complete(t)) else {
         return Err(format!("none of the {rows} rows has every value present"));

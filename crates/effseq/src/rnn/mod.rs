@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::config::ModelKind;
 use crate::error::{check_len, Error, Result};
 use crate::linalg::{matmul, packed_matmul_acc, PackedPanels, Trans};
-use crate::math::{sigmoid, tanh};
+use crate::math::{sigmoid, sigmoid_inplace, tanh, tanh_inplace};
 use crate::param::{Module, Param};
 use crate::rng::{fill_uniform, rng_for, streams, Rng};
 
@@ -520,23 +520,30 @@ impl Module for Rnn {
 
 /// LSTM pointwise update for one sequence. `gates (G*H)` holds pre-activations `[i f g o]` on entry and the
 /// activated gates on exit; `c (H)` holds c_{t-1} on entry (or `c_prev` if given) and c_t on exit; `h (H)` gets h_t.
+/// Written as separate passes over contiguous slices so that each one vectorises.
 #[inline]
 fn lstm_pointwise(gates: &mut [f32], c: &mut [f32], c_prev: Option<&[f32]>, h_out: &mut [f32], h: usize) {
     let (i, rest) = gates.split_at_mut(h);
     let (f, rest) = rest.split_at_mut(h);
     let (g, o) = rest.split_at_mut(h);
+    sigmoid_inplace(i);
+    sigmoid_inplace(f);
+    tanh_inplace(g);
+    sigmoid_inplace(o);
+    match c_prev {
+        Some(cp) => {
+            for j in 0..h {
+                c[j] = f[j] * cp[j] + i[j] * g[j];
+            }
+        }
+        None => {
+            for j in 0..h {
+                c[j] = f[j] * c[j] + i[j] * g[j];
+            }
+        }
+    }
     for j in 0..h {
-        i[j] = sigmoid(i[j]);
-        f[j] = sigmoid(f[j]);
-        g[j] = tanh(g[j]);
-        o[j] = sigmoid(o[j]);
-        let cp = match c_prev {
-            Some(cp) => cp[j],
-            None => c[j],
-        };
-        let cn = f[j] * cp + i[j] * g[j];
-        c[j] = cn;
-        h_out[j] = o[j] * tanh(cn);
+        h_out[j] = o[j] * tanh(c[j]);
     }
 }
 
@@ -547,15 +554,26 @@ fn lstm_pointwise(gates: &mut [f32], c: &mut [f32], c_prev: Option<&[f32]>, h_ou
 fn gru_pointwise(gates: &mut [f32], hw: &[f32], h_prev: Option<&[f32]>, h_out: &mut [f32], h: usize) {
     let (r, rest) = gates.split_at_mut(h);
     let (z, n) = rest.split_at_mut(h);
+    let (hr, rest) = hw.split_at(h);
+    let (hz, hn) = rest.split_at(h);
     for j in 0..h {
-        r[j] = sigmoid(r[j] + hw[j]);
-        z[j] = sigmoid(z[j] + hw[h + j]);
-        n[j] = tanh(n[j] + r[j] * hw[2 * h + j]);
-        let hp = match h_prev {
-            Some(hp) => hp[j],
-            None => h_out[j],
-        };
-        h_out[j] = (1.0 - z[j]) * n[j] + z[j] * hp;
+        r[j] = sigmoid(r[j] + hr[j]);
+        z[j] = sigmoid(z[j] + hz[j]);
+    }
+    for j in 0..h {
+        n[j] = tanh(n[j] + r[j] * hn[j]);
+    }
+    match h_prev {
+        Some(hp) => {
+            for j in 0..h {
+                h_out[j] = (1.0 - z[j]) * n[j] + z[j] * hp[j];
+            }
+        }
+        None => {
+            for j in 0..h {
+                h_out[j] = (1.0 - z[j]) * n[j] + z[j] * h_out[j];
+            }
+        }
     }
 }
 
