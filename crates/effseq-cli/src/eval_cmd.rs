@@ -8,7 +8,7 @@ use effseq::tasks::{Evaluation, Task};
 use serde::Serialize;
 
 use crate::failure::{exit, CliError};
-use crate::format::describe_eval;
+use crate::format::{describe_eval, sequences_noun, task_fields, task_label, TaskFields};
 
 /// Arguments of `effseq eval`.
 #[derive(Args, Debug)]
@@ -25,9 +25,11 @@ struct EvalJson<'a> {
     model: &'a str,
     task: &'a str,
     seq_len: usize,
+    #[serde(flatten)]
+    task_fields: TaskFields,
     step: u64,
     eval_metric: f32,
-    metric_name: &'a str,
+    /// Every field of the evaluation (metric, metric_name, loss, sequences, and recall_loss or forecast).
     #[serde(flatten)]
     eval: &'a Evaluation,
 }
@@ -38,13 +40,13 @@ pub fn run(args: &EvalArgs, json: bool) -> Result<(), CliError> {
     let task = Task::new(&config.task, config.train.seed)?;
     let eval = task.evaluate(&mut network)?;
     let summary = format!(
-        "{} on {} (T = {}) after {} steps: {} on {} sequences",
+        "{} on {} after {} steps: {} on {} {}",
         config.model.kind.name(),
-        config.task.kind.name(),
-        config.task.seq_len,
+        task_label(&config.task),
         state.step,
         describe_eval(&eval),
-        eval.sequences
+        eval.sequences,
+        sequences_noun(config.task.kind)
     );
     if json {
         eprintln!("{summary}");
@@ -53,9 +55,9 @@ pub fn run(args: &EvalArgs, json: bool) -> Result<(), CliError> {
             model: config.model.kind.name(),
             task: config.task.kind.name(),
             seq_len: config.task.seq_len,
+            task_fields: task_fields(&config.task),
             step: state.step,
             eval_metric: eval.metric,
-            metric_name: eval.metric_name,
             eval: &eval,
         };
         let text = serde_json::to_string(&line).map_err(|e| CliError { message: format!("cannot write JSON: {e}"), hint: None, code: exit::OTHER })?;

@@ -1,8 +1,10 @@
 //! Human-readable descriptions of configs, parameters and results, shared by the subcommands.
 
-use effseq::config::{ModelConfig, OptimizerKind, RunConfig, TaskKind, TrainConfig};
+use effseq::config::{ModelConfig, OptimizerKind, RunConfig, TaskConfig, TaskKind, TrainConfig};
+use effseq::tasks::forecast::ForecastMetrics;
 use effseq::tasks::Evaluation;
 use effseq::Module;
+use serde::Serialize;
 
 /// `1234567` as `1,234,567`.
 pub fn grouped(n: usize) -> String {
@@ -22,7 +24,10 @@ pub fn number(x: f32) -> String {
 
 /// E.g. `lstm, hidden 128, 2 layers, bidirectional, dropout 0.1`.
 pub fn describe_model(m: &ModelConfig) -> String {
-    let mut s = format!("{}, hidden {}, {} layer{}", m.kind.name(), m.hidden, m.layers, if m.layers == 1 { "" } else { "s" });
+    let mut s = match m.receptive_field() {
+        Some(rf) => format!("{}, {} channels, {} levels, kernel {}, receptive field {rf}", m.kind.name(), m.hidden, m.tcn_levels(), m.kernel_size),
+        None => format!("{}, hidden {}, {} layer{}", m.kind.name(), m.hidden, m.layers, if m.layers == 1 { "" } else { "s" }),
+    };
     if m.bidirectional {
         s.push_str(", bidirectional");
     }
@@ -38,14 +43,63 @@ pub fn describe_model(m: &ModelConfig) -> String {
     s
 }
 
-/// E.g. `adding, T = 50, 1000 eval sequences` (copy: `T = 50 (70 steps)`).
+/// E.g. `adding, T = 50, 1000 eval sequences` (copy: `T = 50 (70 steps)`), `digits, T = 64 (8x8 pixels)`,
+/// `smnist, T = 784 (28x28 pixels), permuted with seed 3`, `forecast sunspots, window T = 24, horizon 1`.
 pub fn describe_task(cfg: &RunConfig) -> String {
     let t = &cfg.task;
-    let steps = match t.kind {
-        TaskKind::Adding => String::new(),
-        TaskKind::Copy => format!(" ({} steps)", t.seq_len + 20),
-    };
-    format!("{}, T = {}{steps}, {} eval sequences", t.kind.name(), t.seq_len, t.eval_size)
+    let name = t.kind.name();
+    match t.kind {
+        TaskKind::Adding => format!("{name}, T = {}, {} eval sequences", t.seq_len, t.eval_size),
+        TaskKind::Copy => format!("{name}, T = {} ({} steps), {} eval sequences", t.seq_len, t.seq_len + 20, t.eval_size),
+        TaskKind::Digits => format!("{name}, T = {} (8x8 pixels)", t.seq_len),
+        TaskKind::Smnist => {
+            let order = t.permute_seed.map(|p| format!(", permuted with seed {p}")).unwrap_or_default();
+            format!("{name}, T = {} (28x28 pixels){order}", t.seq_len)
+        }
+        TaskKind::Forecast => format!("{name} {}, window T = {}, horizon {}", t.series.name(), t.seq_len, t.horizon),
+    }
+}
+
+/// The short name of a run's task with its length, e.g. `adding (T = 50)`, `smnist (T = 784, permuted with seed 3)`,
+/// `forecast sunspots (window 24, horizon 1)`.
+pub fn task_label(t: &TaskConfig) -> String {
+    match t.kind {
+        TaskKind::Forecast => format!("{} {} (window {}, horizon {})", t.kind.name(), t.series.name(), t.seq_len, t.horizon),
+        _ => {
+            let order = t.permute_seed.map(|p| format!(", permuted with seed {p}")).unwrap_or_default();
+            format!("{} (T = {}{order})", t.kind.name(), t.seq_len)
+        }
+    }
+}
+
+/// What one evaluated sequence of a task is called: `sequences`, `test images` or `test windows`.
+pub fn sequences_noun(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::Adding | TaskKind::Copy => "sequences",
+        TaskKind::Digits | TaskKind::Smnist => "test images",
+        TaskKind::Forecast => "test windows",
+    }
+}
+
+/// The task-specific settings in the `--json` lines: series and horizon (forecast) and the permutation seed
+/// (smnist), each present only for its task.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TaskFields {
+    /// Forecast: the series.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<&'static str>,
+    /// Forecast: steps predicted per window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<usize>,
+    /// Smnist: the seed of the pixel permutation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permute_seed: Option<u64>,
+}
+
+/// The [`TaskFields`] of a task config.
+pub fn task_fields(t: &TaskConfig) -> TaskFields {
+    let forecast = t.kind == TaskKind::Forecast;
+    TaskFields { series: forecast.then(|| t.series.name()), horizon: forecast.then_some(t.horizon), permute_seed: t.permute_seed }
 }
 
 /// E.g. `2000 steps, batch 32, adamw lr 0.002 (warmup 100, cosine to 0.1x), clip 1, seed 0`.
@@ -70,14 +124,51 @@ pub fn describe_train(t: &TrainConfig) -> String {
     s
 }
 
-/// E.g. `eval mse 0.00123 (loss 0.00123)` or `eval accuracy 0.9870 (loss 0.0123, recall loss 0.0456)`.
+/// E.g. `eval mse 0.00123 (loss 0.00123)` or `eval accuracy 0.9870 (loss 0.0123, recall loss 0.0456)`; forecast
+/// adds the MAE and the baselines: `eval mse 310.12345 (loss 0.12345; mae 13.2; last value mse 420.5 mae 15.9;
+/// seasonal naive mse 1180 mae 27.4; beats both baselines)`.
 pub fn describe_eval(e: &Evaluation) -> String {
     let mut s = format!("eval {} {:.5} (loss {:.5}", e.metric_name, e.metric, e.loss);
     if let Some(r) = e.recall_loss {
         s.push_str(&format!(", recall loss {r:.5}"));
     }
+    if let Some(m) = &e.forecast {
+        s.push_str(&format!("; {}", describe_forecast(m)));
+    }
     s.push(')');
     s
+}
+
+/// The MAE of a forecast, the baselines' MSE and MAE and whether the model's MSE beats them.
+pub fn describe_forecast(m: &ForecastMetrics) -> String {
+    let verdict = match (m.mse < m.naive_mse, m.mse < m.seasonal_mse) {
+        (true, true) => "beats both baselines",
+        (true, false) => "beats the last value, not the seasonal naive",
+        (false, true) => "beats the seasonal naive, not the last value",
+        (false, false) => "beats neither baseline",
+    };
+    let g = |x: f64| significant(x, 4);
+    format!(
+        "mae {}; last value mse {} mae {}; seasonal naive mse {} mae {}; {verdict}",
+        g(m.mae),
+        g(m.naive_mse),
+        g(m.naive_mae),
+        g(m.seasonal_mse),
+        g(m.seasonal_mae)
+    )
+}
+
+/// `x` with about `digits` significant digits, without an exponent for everyday magnitudes: `412.3`, `0.01234`.
+pub fn significant(x: f64, digits: usize) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return format!("{x}");
+    }
+    let magnitude = x.abs().log10().floor() as i64;
+    if !(-4..9).contains(&magnitude) {
+        return format!("{x:.*e}", digits.saturating_sub(1));
+    }
+    let decimals = (digits as i64 - 1 - magnitude).max(0) as usize;
+    format!("{x:.decimals$}")
 }
 
 /// One line per parameter tensor (name, shape, count) and a total, aligned.
@@ -111,6 +202,24 @@ mod tests {
         assert_eq!(grouped(999), "999");
         assert_eq!(grouped(1000), "1,000");
         assert_eq!(grouped(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn significant_digits() {
+        assert_eq!(significant(412.345, 4), "412.3");
+        assert_eq!(significant(0.0123456, 4), "0.01235");
+        assert_eq!(significant(123456.0, 4), "123456");
+        assert_eq!(significant(0.0, 4), "0");
+        assert_eq!(significant(1.5e-7, 3), "1.50e-7");
+    }
+
+    #[test]
+    fn forecast_evaluations_name_the_baselines_and_the_verdict() {
+        let m = ForecastMetrics { mse: 300.0, mae: 12.0, naive_mse: 400.0, naive_mae: 15.0, seasonal_mse: 250.0, seasonal_mae: 11.0, windows: 47 };
+        let text = describe_forecast(&m);
+        assert_eq!(text, "mae 12.00; last value mse 400.0 mae 15.00; seasonal naive mse 250.0 mae 11.00; beats the last value, not the seasonal naive");
+        let both = ForecastMetrics { mse: 100.0, ..m };
+        assert!(describe_forecast(&both).ends_with("beats both baselines"));
     }
 
     #[test]

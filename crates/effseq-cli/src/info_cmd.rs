@@ -32,7 +32,7 @@ pub fn run(args: &InfoArgs, json: bool) -> Result<(), CliError> {
                 effseq::Error::Io { source, .. } => CliError::usage(format!("cannot read config file {}: {source}", path.display())),
                 other => other.into(),
             })?;
-            let network = Network::new(&config.model, Task::io_of(config.task.kind), config.train.seed)?;
+            let network = Network::new(&config.model, Task::io_of(&config.task), config.train.seed)?;
             (config, network, None)
         }
         (None, Some(dir)) => {

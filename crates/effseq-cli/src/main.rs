@@ -38,7 +38,8 @@ struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train a model on a generated task, with periodic evaluation and checkpoints.
+    /// Train a model on a generated (adding, copy) or real-data (digits, smnist, forecast) task, with periodic
+    /// evaluation and checkpoints.
     Train(train_cmd::TrainArgs),
     /// Evaluate a checkpoint on its task's evaluation set.
     Eval(eval_cmd::EvalArgs),

@@ -5,14 +5,15 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use effseq::checkpoint;
-use effseq::config::{ModelKind, RunConfig, TaskKind};
+use effseq::config::{ModelKind, RunConfig, TaskConfig, TaskKind};
+use effseq::tasks::forecast::{ForecastMetrics, SeriesKind};
 use effseq::tasks::Task;
 use effseq::train::{Summary, Trainer};
 use effseq::Module;
 use serde::Serialize;
 
 use crate::failure::CliError;
-use crate::format::{describe_eval, describe_model, describe_task, describe_train, grouped};
+use crate::format::{describe_eval, describe_model, describe_task, describe_train, grouped, task_fields, TaskFields};
 use crate::progress::TrainProgress;
 
 /// Arguments of `effseq train`. Every flag overrides the config file, which overrides the defaults.
@@ -21,19 +22,29 @@ pub struct TrainArgs {
     /// Model architecture: lstm or gru [default: lstm].
     #[arg(long, value_parser = parse_model)]
     pub model: Option<ModelKind>,
-    /// Task: adding or copy [default: adding].
+    /// Task: adding, copy, digits, smnist or forecast [default: adding].
     #[arg(long, value_parser = parse_task)]
     pub task: Option<TaskKind>,
-    /// Sequence length T (adding: steps; copy: the blank gap, sequences have T + 20 steps) [default: 50].
+    /// Sequence length T (adding: steps; copy: the blank gap, sequences have T + 20 steps; forecast: the window of
+    /// past steps; digits and smnist: fixed at 64 and 784) [default: 50; forecast: 24 sunspots, 104 co2, 60 seattle].
     #[arg(long, value_name = "T")]
     pub seq_len: Option<usize>,
+    /// Forecast: the series, sunspots, co2 or seattle [default: sunspots].
+    #[arg(long, value_name = "NAME", value_parser = parse_series)]
+    pub series: Option<SeriesKind>,
+    /// Forecast: steps predicted from each window [default: 1].
+    #[arg(long, value_name = "N")]
+    pub horizon: Option<usize>,
+    /// Smnist: read the pixels in the fixed random order drawn from this seed (permuted MNIST) [default: row-major].
+    #[arg(long, value_name = "SEED")]
+    pub permute: Option<u64>,
     /// Training steps [default: 2000].
     #[arg(long, value_name = "N")]
     pub steps: Option<u64>,
     /// Sequences per batch [default: 32].
     #[arg(long, value_name = "B")]
     pub batch: Option<usize>,
-    /// Peak learning rate [default: 0.002].
+    /// Peak learning rate [default: 0.005].
     #[arg(long, value_name = "X")]
     pub lr: Option<f32>,
     /// Seed of initialisation, data and dropout [default: 0].
@@ -45,13 +56,20 @@ pub struct TrainArgs {
     /// Stacked recurrent layers [default: 1].
     #[arg(long, value_name = "L")]
     pub layers: Option<usize>,
-    /// Add a time-reversed direction to every layer.
+    /// Add a time-reversed direction to every layer (LSTM/GRU).
     #[arg(long)]
     pub bidirectional: bool,
+    /// TCN: kernel size of every dilated causal convolution [default: 3].
+    #[arg(long, value_name = "K")]
+    pub kernel_size: Option<usize>,
+    /// TCN: residual levels, dilation 2^i at level i [default: the fewest whose receptive field covers the sequence].
+    #[arg(long, value_name = "L")]
+    pub levels: Option<usize>,
     /// Dropout between stacked layers, in [0, 1) [default: 0].
     #[arg(long, value_name = "P")]
     pub dropout: Option<f32>,
-    /// Sequences in the evaluation set [default: 1000].
+    /// Sequences in the generated evaluation set of adding and copy (the real-data tasks use their test split)
+    /// [default: 1000].
     #[arg(long, value_name = "N")]
     pub eval_size: Option<usize>,
     /// Evaluate every N steps, 0 for only at the end [default: 250].
@@ -82,12 +100,18 @@ fn parse_task(s: &str) -> Result<TaskKind, String> {
     TaskKind::parse(s).map_err(|e| e.to_string())
 }
 
+fn parse_series(s: &str) -> Result<SeriesKind, String> {
+    SeriesKind::parse(s).map_err(|e| e.to_string())
+}
+
 /// The last line of `effseq train --json`.
 #[derive(Serialize)]
 struct TrainJson<'a> {
     model: &'a str,
     task: &'a str,
     seq_len: usize,
+    #[serde(flatten)]
+    task_fields: TaskFields,
     steps: u64,
     steps_this_run: u64,
     train_loss: f32,
@@ -96,6 +120,9 @@ struct TrainJson<'a> {
     eval_loss: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     recall_loss: Option<f32>,
+    /// Forecast: the model's and the baselines' MSE and MAE on the original scale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forecast: Option<ForecastMetrics>,
     best_metric: Option<f32>,
     steps_per_s: f64,
     wall_time_s: f64,
@@ -112,8 +139,23 @@ impl TrainArgs {
         set(&mut m.layers, self.layers);
         set(&mut m.dropout, self.dropout);
         m.bidirectional |= self.bidirectional;
+        set(&mut m.kernel_size, self.kernel_size);
+        if self.levels.is_some() {
+            m.levels = self.levels;
+        }
+        let before = t.clone();
         set(&mut t.kind, self.task);
-        set(&mut t.seq_len, self.seq_len);
+        set(&mut t.series, self.series);
+        set(&mut t.horizon, self.horizon);
+        if self.permute.is_some() {
+            t.permute_seed = self.permute;
+        }
+        match self.seq_len {
+            Some(seq_len) => t.seq_len = seq_len,
+            // A flag that switches to a task (or series) where T means something else takes that task's default.
+            None if !same_seq_len_meaning(&before, t) => t.seq_len = TaskConfig::default_seq_len(t.kind, t.series),
+            None => {}
+        }
         set(&mut t.eval_size, self.eval_size);
         set(&mut tr.steps, self.steps);
         set(&mut tr.batch, self.batch);
@@ -136,6 +178,8 @@ impl TrainArgs {
         };
         self.apply(&mut cfg);
         cfg.validate()?;
+        let steps = cfg.task.steps_per_sequence();
+        cfg.model.resolve_for_sequence(steps);
         Ok(cfg)
     }
 
@@ -165,6 +209,19 @@ impl TrainArgs {
         wanted.validate()?;
         Ok(wanted)
     }
+}
+
+/// Whether `seq_len` means the same thing in two task configs: adding and copy share the generated length, a
+/// real-data task's T belongs to it (forecast: to its series).
+fn same_seq_len_meaning(a: &TaskConfig, b: &TaskConfig) -> bool {
+    let generated = |t: &TaskConfig| !t.kind.is_real_data();
+    (generated(a) && generated(b)) || (a.kind == b.kind && (a.kind != TaskKind::Forecast || a.series == b.series))
+}
+
+/// The default checkpoint directory of a fresh run: `runs/MODEL-TASK` (forecast: `runs/MODEL-forecast-SERIES`).
+fn default_out(cfg: &RunConfig) -> PathBuf {
+    let series = if cfg.task.kind == TaskKind::Forecast { format!("-{}", cfg.task.series.name()) } else { String::new() };
+    PathBuf::from("runs").join(format!("{}-{}{series}", cfg.model.kind.name(), cfg.task.kind.name()))
 }
 
 fn set<T>(field: &mut T, value: Option<T>) {
@@ -216,13 +273,20 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), CliError> {
         }
         None => {
             let cfg = args.fresh_config()?;
-            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", cfg.model.kind.name(), cfg.task.kind.name())));
+            let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
             refuse_to_replace(&out, args.overwrite)?;
             (Trainer::new(cfg)?, out, None)
         }
     };
     let mut trainer = trainer.with_checkpoint_dir(&out);
     print_header(&progress, &trainer, &out, resumed_at.as_ref());
+    if args.eval_size.is_some() && trainer.config().task.kind.is_real_data() {
+        progress.line(&format!(
+            "note: --eval-size does not apply to {}: it is evaluated on its fixed test split ({} sequences)",
+            trainer.config().task.kind.name(),
+            trainer.task().eval_size()
+        ));
+    }
 
     let result = trainer.run(&mut progress);
     progress.finish();
@@ -245,6 +309,12 @@ fn print_header(progress: &TrainProgress, trainer: &Trainer, out: &Path, resumed
     progress.line(&format!("effseq {}: training {} on {}", env!("CARGO_PKG_VERSION"), cfg.model.kind.name(), cfg.task.kind.name()));
     progress.line(&format!("  model  {}: {} parameters", describe_model(&cfg.model), grouped(trainer.network().num_params())));
     progress.line(&format!("  task   {} ({})", describe_task(cfg), task.baseline_note()));
+    if let Some(rf) = cfg.model.receptive_field().filter(|&rf| rf < task.steps_per_sequence()) {
+        progress.line(&format!(
+            "  warning: the receptive field ({rf} steps) is shorter than the sequence ({} steps): the model cannot see its start; raise --levels or --kernel-size",
+            task.steps_per_sequence()
+        ));
+    }
     progress.line(&format!("  train  {}", describe_train(&cfg.train)));
     let every = |n: u64, what: &str| if n == 0 { format!("{what} at the end") } else { format!("{what} every {n} steps") };
     progress.line(&format!("  out    {} ({}, {})", out.display(), every(cfg.train.checkpoint_every, "checkpoint"), every(cfg.train.eval_every, "eval")));
@@ -270,6 +340,7 @@ fn print_summary(progress: &TrainProgress, s: &Summary, cfg: &RunConfig, json: b
             model: s.model,
             task: s.task,
             seq_len: cfg.task.seq_len,
+            task_fields: task_fields(&cfg.task),
             steps: s.steps,
             steps_this_run: s.steps_this_run,
             train_loss: s.train_loss,
@@ -277,6 +348,7 @@ fn print_summary(progress: &TrainProgress, s: &Summary, cfg: &RunConfig, json: b
             metric_name: s.eval.metric_name,
             eval_loss: s.eval.loss,
             recall_loss: s.eval.recall_loss,
+            forecast: s.eval.forecast,
             best_metric: s.best_metric,
             steps_per_s: s.steps_per_s,
             wall_time_s: s.wall_time_s,

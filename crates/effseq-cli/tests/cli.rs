@@ -15,6 +15,31 @@ fn effseq(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_effseq")).current_dir(cwd).args(args).output().expect("the effseq binary runs")
 }
 
+/// Runs `effseq args...` in `cwd` with the data directory `EFFSEQ_DATA=data_dir`.
+fn effseq_with_data(cwd: &Path, data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_effseq")).current_dir(cwd).env("EFFSEQ_DATA", data_dir).args(args).output().expect("the effseq binary runs")
+}
+
+/// Flags of a real-data run small enough to take well under a second (the task's flags come on top).
+const TINY_REAL: &[&str] = &["--hidden", "8", "--steps", "6", "--batch", "4", "--eval-every", "3", "--checkpoint-every", "3"];
+
+/// Trains a tiny model on a real-data task into `dir/name` (flags in `task_flags` replace those of [`TINY_REAL`]),
+/// checks that `effseq eval` of its checkpoint reproduces the final evaluation exactly, and returns both JSON lines.
+fn train_and_eval_real(dir: &Path, name: &str, task_flags: &[&str]) -> (Value, Value) {
+    let mut args = vec!["train", "--json", "--out", name];
+    for pair in TINY_REAL.chunks_exact(2) {
+        if !task_flags.contains(&pair[0]) {
+            args.extend_from_slice(pair);
+        }
+    }
+    args.extend_from_slice(task_flags);
+    let summary = last_json(&effseq(dir, &args));
+    let eval = last_json(&effseq(dir, &["eval", "--checkpoint", name, "--json"]));
+    assert_eq!(eval["eval_metric"], summary["eval_metric"], "eval of {name} reproduces the run's final evaluation");
+    assert_eq!(eval["seq_len"], summary["seq_len"]);
+    (summary, eval)
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -206,4 +231,81 @@ fn divergence_exits_with_code_4() {
     let mut args = vec!["train", "--lr", "1e30", "--out", "run"];
     args.extend_from_slice(TINY);
     assert_fails(&effseq(dir.path(), &args), 4, &["diverged at step"]);
+}
+
+#[test]
+fn real_data_tasks_train_and_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    // Digits: T is fixed at 64; --eval-size does not apply and says so.
+    let (digits, eval) = train_and_eval_real(dir.path(), "digits", &["--task", "digits", "--model", "gru", "--eval-size", "32"]);
+    assert_eq!((digits["task"].as_str(), digits["seq_len"].as_u64(), digits["metric_name"].as_str()), (Some("digits"), Some(64), Some("accuracy")));
+    assert_eq!(eval["sequences"], 359);
+    assert!(digits.get("series").is_none() && digits.get("forecast").is_none() && digits.get("permute_seed").is_none());
+
+    // Forecast: every baseline field in the JSON of train and eval, with the series and horizon.
+    let (co2, eval) = train_and_eval_real(dir.path(), "co2", &["--task", "forecast", "--series", "co2", "--horizon", "2", "--seq-len", "30"]);
+    assert_eq!((co2["series"].as_str(), co2["horizon"].as_u64(), co2["seq_len"].as_u64()), (Some("co2"), Some(2), Some(30)));
+    for key in ["mse", "mae", "naive_mse", "naive_mae", "seasonal_mse", "seasonal_mae"] {
+        assert!(co2["forecast"][key].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0), "train JSON forecast.{key}: {co2}");
+        assert_eq!(eval["forecast"][key], co2["forecast"][key], "eval reproduces forecast.{key}");
+    }
+    let as_f32 = |v: &Value| v.as_f64().map(|x| x as f32);
+    assert_eq!(as_f32(&co2["eval_metric"]), as_f32(&co2["forecast"]["mse"]), "the metric is the test mse");
+    let config = std::fs::read_to_string(dir.path().join("co2/config.toml")).unwrap();
+    assert!(config.contains("series = \"co2\"") && config.contains("horizon = 2"), "{config}");
+
+    // Without --seq-len the window is the series' default; the default output directory names the series.
+    let out = effseq(dir.path(), &["train", "--task", "forecast", "--series", "seattle", "--hidden", "4", "--steps", "2", "--batch", "2", "--eval-every", "0"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for needle in ["forecast seattle, window T = 60, horizon 1", "last value mse", "seasonal naive (season 365)", "done: 2 steps", "seasonal naive mse"] {
+        assert!(text.contains(needle), "stdout should contain '{needle}':\n{text}");
+    }
+    assert!(dir.path().join("runs/lstm-forecast-seattle/state.json").is_file());
+    let eval_text = stdout(&effseq(dir.path(), &["eval", "--checkpoint", "runs/lstm-forecast-seattle"]));
+    assert!(eval_text.contains("window 60, horizon 1") && eval_text.contains("last value mse") && eval_text.contains("test windows"), "{eval_text}");
+
+    // P-MNIST: the permutation seed is stored in the checkpoint and evaluation uses it.
+    let (smnist, eval) = train_and_eval_real(dir.path(), "pmnist", &["--task", "smnist", "--permute", "3", "--steps", "2", "--hidden", "4"]);
+    assert_eq!((smnist["seq_len"].as_u64(), smnist["permute_seed"].as_u64(), eval["permute_seed"].as_u64()), (Some(784), Some(3), Some(3)));
+    let config = std::fs::read_to_string(dir.path().join("pmnist/config.toml")).unwrap();
+    assert!(config.contains("permute_seed = 3"), "{config}");
+    let info = stdout(&effseq(dir.path(), &["info", "--checkpoint", "pmnist"]));
+    assert!(info.contains("permute_seed = 3"), "{info}");
+
+    // A resumed real-data run keeps its task settings.
+    let resumed = last_json(&effseq(dir.path(), &["train", "--resume", "co2", "--steps", "8", "--json"]));
+    assert_eq!((resumed["steps"].as_u64(), resumed["series"].as_str(), resumed["horizon"].as_u64()), (Some(8), Some("co2"), Some(2)));
+    assert_fails(&effseq(dir.path(), &["train", "--resume", "co2", "--horizon", "3"]), 2, &["task.horizon (2 -> 3)"]);
+}
+
+#[test]
+fn real_data_flag_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--out", "run", "--steps", "1"];
+        args.extend_from_slice(extra);
+        effseq(dir.path(), &args)
+    };
+    assert_fails(&train(&["--task", "forecast", "--series", "mars"]), 2, &["unknown series 'mars'", "sunspots, co2, seattle"]);
+    assert_fails(&train(&["--task", "forecast", "--horizon", "0"]), 2, &["task.horizon must be at least 1"]);
+    assert_fails(&train(&["--task", "forecast", "--horizon", "two"]), 2, &["invalid value 'two'", "--horizon"]);
+    assert_fails(&train(&["--task", "forecast", "--horizon", "60"]), 2, &["series sunspots has 309 steps", "horizon of 60"]);
+    assert_fails(&train(&["--task", "forecast", "--seq-len", "300"]), 2, &["window of 300"]);
+    assert_fails(&train(&["--task", "digits", "--seq-len", "50"]), 2, &["task.seq_len is fixed at 64", "--seq-len"]);
+    assert_fails(&train(&["--task", "adding", "--permute", "1"]), 2, &["permute_seed", "smnist task only"]);
+    assert_fails(&train(&["--task", "digits", "--series", "co2"]), 2, &["task.series applies to the forecast task only"]);
+    assert_fails(&train(&["--task", "copy", "--horizon", "2"]), 2, &["task.horizon applies to the forecast task only"]);
+    assert_fails(&train(&["--task", "mnist"]), 2, &["unknown task 'mnist'", "adding, copy, digits, smnist, forecast"]);
+
+    // A data directory without the files: exit 3 naming the missing file and the variable that moves it.
+    let empty = dir.path().join("no-data");
+    std::fs::create_dir(&empty).unwrap();
+    for (task, file) in [("digits", "digits.csv.gz"), ("smnist", "mnist-10k-images-idx3-ubyte.gz"), ("forecast", "sunspots.csv")] {
+        let out = effseq_with_data(dir.path(), &empty, &["train", "--task", task, "--out", "run"]);
+        assert_fails(&out, 3, &[file, "EFFSEQ_DATA"]);
+    }
+    let out = effseq_with_data(dir.path(), &empty, &["train", "--task", "forecast", "--series", "seattle", "--out", "run"]);
+    assert_fails(&out, 3, &["seattle-weather.csv"]);
+    assert!(!dir.path().join("run").exists(), "no checkpoint directory for a run that never started");
 }

@@ -12,10 +12,21 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ModelKind;
+use crate::config::{ModelConfig, ModelKind};
 use crate::error::{Error, Result};
+use crate::model::Backbone;
 use crate::rng::{fill_uniform, rng_for};
-use crate::rnn::{Rnn, RnnConfig};
+
+/// TCN shape in the benchmark: kernel 3 and 4 levels of `dim` channels (receptive field 61 steps), the
+/// configuration of the PyTorch comparison in the README.
+pub const BENCH_TCN_KERNEL: usize = 3;
+/// See [`BENCH_TCN_KERNEL`].
+pub const BENCH_TCN_LEVELS: usize = 4;
+
+/// The model section the benchmark uses for `kind` at width `dim`: one layer (RNNs), or the TCN above.
+pub fn bench_model_config(kind: ModelKind, dim: usize) -> ModelConfig {
+    ModelConfig { kind, hidden: dim, kernel_size: BENCH_TCN_KERNEL, levels: Some(BENCH_TCN_LEVELS), ..Default::default() }
+}
 
 /// What is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -214,7 +225,12 @@ pub fn process_peak_rss() -> Option<u64> {
 
 /// Estimated bytes a configuration needs (weights, activations kept for backward, gradients).
 fn estimate_bytes(kind: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize) -> u64 {
-    let g = if kind == ModelKind::Gru { 3 } else { 4 } as u64;
+    // Activation planes of width D kept per step: gates + states (RNN), or per level ~6 (TCN).
+    let g = match kind {
+        ModelKind::Gru => 3,
+        ModelKind::Lstm => 4,
+        ModelKind::Tcn => 6 * BENCH_TCN_LEVELS - 4,
+    } as u64;
     let (b, t, d) = (b as u64, t as u64, d as u64);
     let weights = 2 * g * d * d * 4 * 3;
     let acts = t * b * d * (g + 4) * 4;
@@ -292,8 +308,7 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(usize, usize, &BenchRecor
 /// Times one configuration; returns the seconds of each timed run and the peak extra heap bytes.
 fn measure(model: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize, repeats: usize) -> Result<(Vec<f64>, Option<u64>)> {
     let base = alloc::reset_peak();
-    let cfg = RnnConfig { kind: model, input: d, hidden: d, layers: 1, bidirectional: false, dropout: 0.0, bias: true };
-    let mut rnn = Rnn::new(&cfg, 0)?;
+    let mut rnn = Backbone::new(&bench_model_config(model, d), d, 0)?;
     let mut rng = rng_for(0, 99);
     let mut times = Vec::with_capacity(repeats);
     match mode {

@@ -235,7 +235,7 @@ fn load_verified_model(dir: &Path) -> Result<(RunConfig, Network, StateFile)> {
     let model_path = dir.join(MODEL_FILE);
     let model_bytes = read_verified(dir, &state_file, MODEL_FILE)?;
     let tensors = parse_tensors(&model_bytes, &model_path)?;
-    let io = Task::io_of(config.task.kind);
+    let io = Task::io_of(&config.task);
     let mut network = Network::new(&config.model, io, config.train.seed).map_err(|e| checkpoint_error(&config_path, e.to_string()))?;
     load_module_tensors(&mut network, tensors, &model_path, "the model described by config.toml")?;
     Ok((config, network, state_file))
@@ -412,7 +412,7 @@ mod tests {
     /// A checkpoint of a freshly built network with one optimizer step taken, in a new temporary directory.
     fn saved(cfg: &RunConfig) -> (tempfile::TempDir, Network, Optimizer, TrainState) {
         let dir = tempfile::tempdir().unwrap();
-        let mut network = Network::new(&cfg.model, Task::io_of(cfg.task.kind), cfg.train.seed).unwrap();
+        let mut network = Network::new(&cfg.model, Task::io_of(&cfg.task), cfg.train.seed).unwrap();
         let mut optimizer = Optimizer::new(&cfg.train, &network.params());
         for p in network.params_mut() {
             p.grad.iter_mut().enumerate().for_each(|(i, g)| *g = (i as f32 * 0.37).sin());

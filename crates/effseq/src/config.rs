@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::tasks::forecast::SeriesKind;
 
 /// Which sequence architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -14,18 +15,26 @@ pub enum ModelKind {
     Lstm,
     /// Gated recurrent unit (Cho et al. 2014), PyTorch's `nn.GRU`.
     Gru,
+    /// Temporal convolutional network (Bai, Kolter & Koltun 2018), the locuslab `TemporalConvNet`.
+    Tcn,
 }
 
 impl ModelKind {
     /// All kinds, in the order the CLI lists them.
-    pub const ALL: &'static [ModelKind] = &[ModelKind::Lstm, ModelKind::Gru];
+    pub const ALL: &'static [ModelKind] = &[ModelKind::Lstm, ModelKind::Gru, ModelKind::Tcn];
 
     /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::Lstm => "lstm",
             ModelKind::Gru => "gru",
+            ModelKind::Tcn => "tcn",
         }
+    }
+
+    /// Whether this is a recurrent (LSTM/GRU) model.
+    pub fn is_recurrent(self) -> bool {
+        matches!(self, ModelKind::Lstm | ModelKind::Gru)
     }
 
     /// Parses a command-line name.
@@ -46,17 +55,27 @@ pub enum TaskKind {
     Adding,
     /// The copy-memory task (Bai et al. 2018 sec. 4.1): recall 10 digits after T blanks.
     Copy,
+    /// Sequential UCI 8x8 digits, one pixel per step (T = 64), classified from the last step: accuracy.
+    Digits,
+    /// Sequential MNIST, one pixel per step (T = 784), optionally permuted (P-MNIST; Le et al. 2015): accuracy.
+    Smnist,
+    /// Forecasting a real series (sunspots, CO2, Seattle weather) from a window of past steps: MSE and MAE on the
+    /// original scale, next to the naive and seasonal-naive baselines.
+    Forecast,
 }
 
 impl TaskKind {
     /// All kinds, in the order the CLI lists them.
-    pub const ALL: &'static [TaskKind] = &[TaskKind::Adding, TaskKind::Copy];
+    pub const ALL: &'static [TaskKind] = &[TaskKind::Adding, TaskKind::Copy, TaskKind::Digits, TaskKind::Smnist, TaskKind::Forecast];
 
     /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
         match self {
             TaskKind::Adding => "adding",
             TaskKind::Copy => "copy",
+            TaskKind::Digits => "digits",
+            TaskKind::Smnist => "smnist",
+            TaskKind::Forecast => "forecast",
         }
     }
 
@@ -68,6 +87,23 @@ impl TaskKind {
             choices: Self::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
         })
     }
+
+    /// Whether the task reads a data set shipped in `data/` (digits, smnist, forecast) rather than generating its
+    /// sequences from the seed (adding, copy). Real-data tasks evaluate on a fixed test split, so
+    /// [`TaskConfig::eval_size`] does not apply to them.
+    pub fn is_real_data(self) -> bool {
+        matches!(self, TaskKind::Digits | TaskKind::Smnist | TaskKind::Forecast)
+    }
+
+    /// The sequence length fixed by the task's data: 64 pixels for digits, 784 for smnist; `None` when
+    /// [`TaskConfig::seq_len`] is free.
+    pub fn fixed_seq_len(self) -> Option<usize> {
+        match self {
+            TaskKind::Digits => Some(crate::tasks::digits::SEQ_LEN),
+            TaskKind::Smnist => Some(crate::tasks::smnist::SEQ_LEN),
+            TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast => None,
+        }
+    }
 }
 
 /// The sequence model.
@@ -76,9 +112,10 @@ impl TaskKind {
 pub struct ModelConfig {
     /// Architecture.
     pub kind: ModelKind,
-    /// Hidden size H of each recurrent layer (per direction). Default 128.
+    /// Width of the backbone: hidden size H of each recurrent layer (per direction), or the channels of every
+    /// TCN level. Default 128.
     pub hidden: usize,
-    /// Number of stacked layers. Default 1.
+    /// Number of stacked recurrent layers (LSTM/GRU; a TCN's depth is `levels`). Default 1.
     pub layers: usize,
     /// Run a second, time-reversed direction in every layer and concatenate (output width 2H). Default false.
     pub bidirectional: bool,
@@ -88,12 +125,38 @@ pub struct ModelConfig {
     pub bias: bool,
     /// Width of the token embedding for token-input tasks. Default: equal to `hidden`.
     pub embed_dim: Option<usize>,
+    /// TCN: kernel size K of every dilated causal convolution. Default 3.
+    pub kernel_size: usize,
+    /// TCN: number of residual levels L (dilation 2^i at level i). Default: the fewest levels whose receptive
+    /// field `1 + 2 (K - 1) (2^L - 1)` covers the task's sequence length, resolved when a run starts
+    /// ([`ModelConfig::resolve_for_sequence`]) and stored in the checkpoint's config.
+    pub levels: Option<usize>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { kind: ModelKind::Lstm, hidden: 128, layers: 1, bidirectional: false, dropout: 0.0, bias: true, embed_dim: None }
+        ModelConfig {
+            kind: ModelKind::Lstm,
+            hidden: 128,
+            layers: 1,
+            bidirectional: false,
+            dropout: 0.0,
+            bias: true,
+            embed_dim: None,
+            kernel_size: 3,
+            levels: None,
+        }
     }
+}
+
+/// TCN levels used when neither the config nor a task length says otherwise.
+pub const DEFAULT_TCN_LEVELS: usize = 8;
+
+/// Receptive field of a TCN with `levels` levels of two convolutions of kernel `k` and dilation 2^i:
+/// `1 + 2 (k - 1) (2^levels - 1)` (Bai et al. 2018, sec. 3.2), saturating.
+pub fn tcn_receptive_field(kernel_size: usize, levels: usize) -> usize {
+    let span = 1usize.checked_shl(levels as u32).map(|p| p - 1).unwrap_or(usize::MAX);
+    span.saturating_mul(2 * kernel_size.saturating_sub(1)).saturating_add(1)
 }
 
 impl ModelConfig {
@@ -102,10 +165,46 @@ impl ModelConfig {
         self.hidden * if self.bidirectional { 2 } else { 1 }
     }
 
+    /// TCN levels in effect ([`DEFAULT_TCN_LEVELS`] until resolved for a sequence length).
+    pub fn tcn_levels(&self) -> usize {
+        self.levels.unwrap_or(DEFAULT_TCN_LEVELS)
+    }
+
+    /// Receptive field of the model in time steps: `None` for recurrent models (unbounded).
+    pub fn receptive_field(&self) -> Option<usize> {
+        (self.kind == ModelKind::Tcn).then(|| tcn_receptive_field(self.kernel_size, self.tcn_levels()))
+    }
+
+    /// Fills the defaults that depend on the task's sequence length `t`: a TCN without `levels` gets the fewest
+    /// levels whose receptive field covers `t` (kernel 1 cannot grow: one level then).
+    pub fn resolve_for_sequence(&mut self, t: usize) {
+        if self.kind == ModelKind::Tcn && self.levels.is_none() {
+            let mut levels = 1;
+            while self.kernel_size > 1 && tcn_receptive_field(self.kernel_size, levels) < t && levels < 30 {
+                levels += 1;
+            }
+            self.levels = Some(levels);
+        }
+    }
+
     /// Checks the ranges of every field.
     pub fn validate(&self) -> Result<()> {
         if self.hidden == 0 {
             return Err(Error::config("model.hidden must be at least 1"));
+        }
+        if self.kind == ModelKind::Tcn {
+            if self.bidirectional {
+                return Err(Error::config("model.bidirectional does not apply to a TCN (its convolutions are causal)"));
+            }
+            if self.layers != 1 {
+                return Err(Error::config("model.layers applies to LSTM/GRU; set a TCN's depth with model.levels"));
+            }
+            if self.kernel_size == 0 {
+                return Err(Error::config("model.kernel_size must be at least 1"));
+            }
+            if matches!(self.levels, Some(l) if l == 0 || l > 30) {
+                return Err(Error::config("model.levels must be between 1 and 30"));
+            }
         }
         if self.layers == 0 {
             return Err(Error::config("model.layers must be at least 1"));
@@ -121,20 +220,182 @@ impl ModelConfig {
 }
 
 /// The task.
+///
+/// In a config file every field is optional. An omitted `seq_len` takes the default of the task (and, for
+/// forecast, of the series): see [`TaskConfig::default_seq_len`]. `config.toml` records `seq_len` and `eval_size`
+/// always, `series` and `horizon` for forecast only and `permute_seed` when set, so a checkpoint rebuilds the
+/// exact task (the same P-MNIST permutation, the same forecast windows).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "TaskConfigFile", into = "TaskConfigFile")]
 pub struct TaskConfig {
-    /// Which task.
+    /// Which task. Default adding.
     pub kind: TaskKind,
-    /// Sequence length T (adding: number of steps; copy: the blank gap, total length T + 20). Default 50.
+    /// Sequence length T. Adding: number of steps; copy: the blank gap (total length T + 20); forecast: the window
+    /// of past steps the model reads; digits and smnist: fixed by the data (64, 784) and any other value is
+    /// rejected. Default: [`TaskConfig::default_seq_len`] (50 for adding and copy; forecast 24 for sunspots, 104
+    /// for co2, 60 for seattle).
     pub seq_len: usize,
-    /// Number of held-out evaluation sequences, generated once from the seed. Default 1000.
+    /// Number of held-out evaluation sequences, generated once from the seed (adding, copy). The real-data tasks
+    /// evaluate on their fixed test split and ignore it. Default 1000.
     pub eval_size: usize,
+    /// Forecast only: which shipped series. Default sunspots; another value with another task is rejected.
+    pub series: SeriesKind,
+    /// Forecast only: steps predicted per window. Default 1; another value with another task is rejected.
+    pub horizon: usize,
+    /// Smnist only: seed of the fixed pixel permutation of P-MNIST; `None` (default) reads the pixels in
+    /// row-major order. Setting it with another task is rejected.
+    pub permute_seed: Option<u64>,
 }
 
 impl Default for TaskConfig {
     fn default() -> Self {
-        TaskConfig { kind: TaskKind::Adding, seq_len: 50, eval_size: 1000 }
+        TaskConfig::new(TaskKind::Adding)
+    }
+}
+
+impl TaskConfig {
+    /// Default generated-sequence length of adding and copy.
+    pub const DEFAULT_SEQ_LEN: usize = 50;
+    /// Default number of generated evaluation sequences.
+    pub const DEFAULT_EVAL_SIZE: usize = 1000;
+
+    /// The defaults of a task kind: its default sequence length, series sunspots, horizon 1, no permutation.
+    pub fn new(kind: TaskKind) -> TaskConfig {
+        let series = SeriesKind::Sunspots;
+        TaskConfig { kind, seq_len: Self::default_seq_len(kind, series), eval_size: Self::DEFAULT_EVAL_SIZE, series, horizon: 1, permute_seed: None }
+    }
+
+    /// The forecast of `series` predicting `horizon` steps, with the series' default window
+    /// ([`TaskConfig::default_window`]).
+    pub fn forecast(series: SeriesKind, horizon: usize) -> TaskConfig {
+        TaskConfig { seq_len: Self::default_window(series), series, horizon, ..TaskConfig::new(TaskKind::Forecast) }
+    }
+
+    /// Time steps in one sequence of this task: copy adds its 20 digit and marker steps to the gap.
+    pub fn steps_per_sequence(&self) -> usize {
+        match self.kind {
+            // Copy: 10 digits, the gap, the delimiter and 9 more blanks (see tasks::copy).
+            TaskKind::Copy => self.seq_len + 20,
+            kind => kind.fixed_seq_len().unwrap_or(self.seq_len),
+        }
+    }
+
+    /// The sequence length used when none is given: 50 for adding and copy, the data's 64 and 784 for digits and
+    /// smnist, and the forecast window of `series` ([`TaskConfig::default_window`]).
+    pub fn default_seq_len(kind: TaskKind, series: SeriesKind) -> usize {
+        match kind {
+            TaskKind::Forecast => Self::default_window(series),
+            other => other.fixed_seq_len().unwrap_or(Self::DEFAULT_SEQ_LEN),
+        }
+    }
+
+    /// The default forecast window of a series, about two seasons where that is affordable: 24 years of sunspots
+    /// (two 11-year cycles), 104 weeks of CO2 (two years), 60 days of Seattle weather (a full year, 365 steps per
+    /// sequence, would make training slow for little gain over the seasonal-naive baseline).
+    pub fn default_window(series: SeriesKind) -> usize {
+        match series {
+            SeriesKind::Sunspots => 24,
+            SeriesKind::Co2 => 104,
+            SeriesKind::Seattle => 60,
+        }
+    }
+
+    /// Checks the ranges of every field and that the task-specific fields are used with their task only.
+    pub fn validate(&self) -> Result<()> {
+        let kind = self.kind.name();
+        if self.seq_len == 0 {
+            return Err(Error::config("task.seq_len must be at least 1"));
+        }
+        if let Some(fixed) = self.kind.fixed_seq_len() {
+            if self.seq_len != fixed {
+                return Err(Error::config(format!(
+                    "task.seq_len is fixed at {fixed} by the {kind} data (one pixel per step), got {}: leave task.seq_len (--seq-len) unset",
+                    self.seq_len
+                )));
+            }
+        }
+        if self.eval_size == 0 {
+            return Err(Error::config("task.eval_size must be at least 1"));
+        }
+        if self.horizon == 0 {
+            return Err(Error::config("task.horizon must be at least 1"));
+        }
+        if self.kind != TaskKind::Forecast {
+            if self.horizon != 1 {
+                return Err(Error::config(format!("task.horizon applies to the forecast task only, not to {kind}")));
+            }
+            if self.series != SeriesKind::Sunspots {
+                return Err(Error::config(format!("task.series applies to the forecast task only, not to {kind}")));
+            }
+        }
+        if let Some(seed) = self.permute_seed {
+            if self.kind != TaskKind::Smnist {
+                return Err(Error::config(format!("task.permute_seed (P-MNIST) applies to the smnist task only, not to {kind}")));
+            }
+            if i64::try_from(seed).is_err() {
+                return Err(Error::config(format!("task.permute_seed must be at most {} (config.toml stores signed 64-bit integers), got {seed}", i64::MAX)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a [`TaskConfig`] is written in a config file: every field optional, the defaults resolved per task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskConfigFile {
+    /// [`TaskConfig::kind`].
+    #[serde(default = "default_task_kind")]
+    kind: TaskKind,
+    /// [`TaskConfig::seq_len`]; `None` takes [`TaskConfig::default_seq_len`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq_len: Option<usize>,
+    /// [`TaskConfig::eval_size`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    eval_size: Option<usize>,
+    /// [`TaskConfig::series`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    series: Option<SeriesKind>,
+    /// [`TaskConfig::horizon`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    horizon: Option<usize>,
+    /// [`TaskConfig::permute_seed`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    permute_seed: Option<u64>,
+}
+
+/// The task of a config file that names none.
+fn default_task_kind() -> TaskKind {
+    TaskKind::Adding
+}
+
+impl From<TaskConfigFile> for TaskConfig {
+    fn from(file: TaskConfigFile) -> Self {
+        let defaults = TaskConfig::new(file.kind);
+        let series = file.series.unwrap_or(defaults.series);
+        TaskConfig {
+            kind: file.kind,
+            seq_len: file.seq_len.unwrap_or_else(|| TaskConfig::default_seq_len(file.kind, series)),
+            eval_size: file.eval_size.unwrap_or(defaults.eval_size),
+            series,
+            horizon: file.horizon.unwrap_or(defaults.horizon),
+            permute_seed: file.permute_seed,
+        }
+    }
+}
+
+impl From<TaskConfig> for TaskConfigFile {
+    fn from(cfg: TaskConfig) -> Self {
+        let forecast = cfg.kind == TaskKind::Forecast;
+        TaskConfigFile {
+            kind: cfg.kind,
+            seq_len: Some(cfg.seq_len),
+            eval_size: Some(cfg.eval_size),
+            // Written only where they mean something, so that an adding run's config.toml does not mention series.
+            series: (forecast || cfg.series != SeriesKind::Sunspots).then_some(cfg.series),
+            horizon: (forecast || cfg.horizon != 1).then_some(cfg.horizon),
+            permute_seed: cfg.permute_seed,
+        }
     }
 }
 
@@ -209,6 +470,9 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err(Error::config("train.min_lr_ratio must be in [0, 1]"));
         }
+        if self.seed > i64::MAX as u64 {
+            return Err(Error::config(format!("train.seed must be at most {} (TOML integers are signed 64-bit)", i64::MAX)));
+        }
         if self.clip_norm < 0.0 || !self.clip_norm.is_finite() {
             return Err(Error::config("train.clip_norm must be >= 0"));
         }
@@ -233,13 +497,7 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.train.validate()?;
-        if self.task.seq_len == 0 {
-            return Err(Error::config("task.seq_len must be at least 1"));
-        }
-        if self.task.eval_size == 0 {
-            return Err(Error::config("task.eval_size must be at least 1"));
-        }
-        Ok(())
+        self.task.validate()
     }
 
     /// Reads and validates a TOML (or, by extension `.json`, JSON) config file.

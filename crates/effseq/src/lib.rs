@@ -60,6 +60,7 @@ pub mod param;
 pub mod rng;
 pub mod rnn;
 pub mod tasks;
+pub mod tcn;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -12,42 +12,95 @@ use crate::param::{Module, Param};
 use crate::rng::{rng_for, streams, Rng};
 use crate::rnn::{Rnn, RnnConfig, RnnState};
 use crate::tasks::{InputKind, Inputs, Readout, TaskIo};
+use crate::tcn::{Tcn, TcnConfig, TcnState};
 
 /// The sequence model inside a [`Network`]; one variant per architecture family.
 #[derive(Clone, Debug)]
 pub enum Backbone {
     /// LSTM or GRU stack.
     Rnn(Rnn),
+    /// Temporal convolutional network.
+    Tcn(Tcn),
 }
 
 impl Backbone {
-    fn forward(&mut self, x: &[f32], b: usize, t: usize, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
+    /// The backbone that `cfg` describes, reading `d_in` features per step, initialised from `seed`. Parameter
+    /// names carry the PyTorch module prefix (`rnn.` or `tcn.`).
+    pub fn new(cfg: &ModelConfig, d_in: usize, seed: u64) -> Result<Backbone> {
+        cfg.validate()?;
+        Ok(match cfg.kind {
+            ModelKind::Lstm | ModelKind::Gru => {
+                let rc = RnnConfig {
+                    kind: cfg.kind,
+                    input: d_in,
+                    hidden: cfg.hidden,
+                    layers: cfg.layers,
+                    bidirectional: cfg.bidirectional,
+                    dropout: cfg.dropout,
+                    bias: cfg.bias,
+                };
+                Backbone::Rnn(Rnn::with_prefix(&rc, seed, "rnn.")?)
+            }
+            ModelKind::Tcn => {
+                let tc = TcnConfig { input: d_in, channels: vec![cfg.hidden; cfg.tcn_levels()], kernel_size: cfg.kernel_size, dropout: cfg.dropout };
+                // The locuslab `TCN` module holds its `TemporalConvNet` in a field `tcn`.
+                Backbone::Tcn(Tcn::with_prefix(&tc, seed, "tcn.")?)
+            }
+        })
+    }
+
+    /// Training forward over `x (B, T, D)` → `(B, T, O)`, keeping what backward needs.
+    pub fn forward(&mut self, x: &[f32], b: usize, t: usize, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
         match self {
             Backbone::Rnn(r) => r.forward(x, b, t, dropout),
+            Backbone::Tcn(m) => m.forward(x, b, t, dropout),
         }
     }
 
-    fn infer(&mut self, x: &[f32], b: usize, t: usize) -> Result<Vec<f32>> {
+    /// Inference forward over `x (B, T, D)` → `(B, T, O)`, keeping nothing for backward.
+    pub fn infer(&mut self, x: &[f32], b: usize, t: usize) -> Result<Vec<f32>> {
         match self {
             Backbone::Rnn(r) => r.infer(x, b, t),
+            Backbone::Tcn(m) => m.infer(x, b, t),
         }
     }
 
-    fn backward(&mut self, dy: &[f32]) -> Result<Vec<f32>> {
+    /// Backward from `dy (B, T, O)` → `dx (B, T, D)`, accumulating parameter gradients.
+    pub fn backward(&mut self, dy: &[f32]) -> Result<Vec<f32>> {
         match self {
             Backbone::Rnn(r) => r.backward(dy),
+            Backbone::Tcn(m) => m.backward(dy),
+        }
+    }
+
+    /// A zero streaming state for `b` sequences.
+    pub fn zero_state(&self, b: usize) -> BackboneState {
+        match self {
+            Backbone::Rnn(r) => BackboneState::Rnn(r.zero_state(b)),
+            Backbone::Tcn(m) => BackboneState::Tcn(m.zero_state(b)),
+        }
+    }
+
+    /// One streaming step `x_t (B, D)` → `y_t (B, O)`.
+    pub fn step(&mut self, x_t: &[f32], state: &mut BackboneState, y_t: &mut [f32]) -> Result<()> {
+        match (self, state) {
+            (Backbone::Rnn(r), BackboneState::Rnn(s)) => r.step(x_t, s, y_t),
+            (Backbone::Tcn(m), BackboneState::Tcn(s)) => m.step(x_t, s, y_t),
+            _ => Err(Error::Invalid("streaming state belongs to a different architecture".into())),
         }
     }
 
     fn params(&self) -> Vec<&Param> {
         match self {
             Backbone::Rnn(r) => r.params(),
+            Backbone::Tcn(m) => m.params(),
         }
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param> {
         match self {
             Backbone::Rnn(r) => r.params_mut(),
+            Backbone::Tcn(m) => m.params_mut(),
         }
     }
 }
@@ -71,6 +124,8 @@ pub struct NetworkState {
 pub enum BackboneState {
     /// Hidden (and cell) states of an RNN stack.
     Rnn(RnnState),
+    /// Ring buffers of a TCN's convolutions.
+    Tcn(TcnState),
 }
 
 /// One step's input for [`Network::step`].
@@ -111,20 +166,7 @@ impl Network {
         if d_in == 0 || io.output_dim == 0 {
             return Err(Error::config("the task's input and output widths must be at least 1"));
         }
-        let backbone = match cfg.kind {
-            ModelKind::Lstm | ModelKind::Gru => {
-                let rc = RnnConfig {
-                    kind: cfg.kind,
-                    input: d_in,
-                    hidden: cfg.hidden,
-                    layers: cfg.layers,
-                    bidirectional: cfg.bidirectional,
-                    dropout: cfg.dropout,
-                    bias: cfg.bias,
-                };
-                Backbone::Rnn(Rnn::with_prefix(&rc, seed, "rnn.")?)
-            }
-        };
+        let backbone = Backbone::new(cfg, d_in, seed)?;
         let head = Linear::new("head", cfg.output_dim(), io.output_dim, true, &mut rng);
         Ok(Network { config: cfg.clone(), io, embedding, backbone, head, shape: None })
     }
@@ -211,9 +253,7 @@ impl Network {
 
     /// A zero streaming state for `b` sequences.
     pub fn zero_state(&self, b: usize) -> NetworkState {
-        let backbone = match &self.backbone {
-            Backbone::Rnn(r) => BackboneState::Rnn(r.zero_state(b)),
-        };
+        let backbone = self.backbone.zero_state(b);
         NetworkState { batch: b, backbone, x_buf: vec![0.0; b * self.input_dim()], y_buf: vec![0.0; b * self.backbone_dim()] }
     }
 
@@ -231,10 +271,18 @@ impl Network {
             (StepInput::Dense(_), Some(_)) => return Err(Error::Invalid("this network reads token ids, got dense features".into())),
             (StepInput::Tokens(_), None) => return Err(Error::Invalid("this network reads dense features, got token ids".into())),
         };
-        match (&mut self.backbone, &mut state.backbone) {
-            (Backbone::Rnn(r), BackboneState::Rnn(s)) => r.step(x, s, &mut state.y_buf)?,
-        }
+        self.backbone.step(x, &mut state.backbone, &mut state.y_buf)?;
         self.head.apply(&state.y_buf, b, out)
+    }
+}
+
+impl Module for Backbone {
+    fn params(&self) -> Vec<&Param> {
+        Backbone::params(self)
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        Backbone::params_mut(self)
     }
 }
 
@@ -297,8 +345,9 @@ mod tests {
 
     #[test]
     fn streaming_equals_forward_for_both_readouts() {
-        for kind in [ModelKind::Lstm, ModelKind::Gru] {
-            let cfg = ModelConfig { kind, hidden: 6, layers: 2, ..Default::default() };
+        for kind in [ModelKind::Lstm, ModelKind::Gru, ModelKind::Tcn] {
+            let layers = if kind == ModelKind::Tcn { 1 } else { 2 };
+            let cfg = ModelConfig { kind, hidden: 6, layers, levels: Some(2), ..Default::default() };
             let (b, t) = (2, 5);
             // Token input, every-step readout.
             let mut net = Network::new(&cfg, io_tokens(), 1).unwrap();

@@ -9,6 +9,9 @@ use crate::rng::{rng_for, streams, Rng};
 
 pub mod adding;
 pub mod copy;
+pub mod digits;
+pub mod forecast;
+pub mod smnist;
 
 /// What the model reads at each time step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,48 +82,78 @@ pub const EVAL_STEPS_PER_BATCH: usize = 32_768;
 /// Upper bound on the sequences of one evaluation batch.
 pub const EVAL_MAX_BATCH: usize = 256;
 
-/// A generated task: the training stream, the fixed evaluation set, the loss and the metric.
+/// A task: the training stream, the fixed evaluation set, the loss and the metric.
+///
+/// Adding and copy generate their sequences from the seed; digits, smnist and forecast read the data sets shipped
+/// in `data/` ([`crate::data`]) and evaluate on a fixed test split.
 #[derive(Clone, Debug)]
 pub enum Task {
     /// The adding problem, [`adding`].
     Adding(adding::Adding),
     /// The copy-memory task, [`copy`].
     Copy(copy::Copy),
+    /// Sequential UCI digits, [`digits`].
+    Digits(digits::Digits),
+    /// Sequential or permuted MNIST, [`smnist`].
+    Smnist(smnist::Smnist),
+    /// Forecasting a real series, [`forecast`].
+    Forecast(forecast::Forecast),
 }
 
 /// The result of evaluating a model on a task's evaluation set.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Evaluation {
-    /// The training loss (MSE or cross-entropy over every step) on the evaluation set.
+    /// The training loss on the evaluation set: MSE (adding; forecast, on the normalised scale) or cross-entropy
+    /// (copy over every step; digits and smnist over the sequences).
     pub loss: f32,
-    /// The task metric: MSE for adding, accuracy over the 10 recall steps for copy.
+    /// The task metric: MSE for adding, accuracy over the 10 recall steps for copy, test accuracy for digits and
+    /// smnist, test MSE on the original scale for forecast.
     pub metric: f32,
     /// Name of `metric`.
     pub metric_name: &'static str,
     /// Whether a larger `metric` is better.
     pub higher_is_better: bool,
-    /// Number of evaluated sequences.
+    /// Number of evaluated sequences (forecast: test windows).
     pub sequences: usize,
     /// Copy only: the cross-entropy over the 10 recall steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recall_loss: Option<f32>,
+    /// Forecast only: MSE and MAE of the model on the original scale next to those of the naive (last value) and
+    /// seasonal-naive baselines on the same test windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<forecast::ForecastMetrics>,
 }
 
 impl Task {
-    /// The model-facing shape of a task kind (needs no data).
-    pub fn io_of(kind: TaskKind) -> TaskIo {
-        match kind {
+    /// The model-facing shape of the task `cfg` describes, without loading any data (forecast: the input
+    /// features of the series and `horizon` times its targets).
+    pub fn io_of(cfg: &TaskConfig) -> TaskIo {
+        match cfg.kind {
             TaskKind::Adding => adding::Adding::io(),
             TaskKind::Copy => copy::Copy::io(),
+            TaskKind::Digits => digits::Digits::io(),
+            TaskKind::Smnist => smnist::Smnist::io(),
+            TaskKind::Forecast => forecast::Forecast::io_for(cfg.series, cfg.horizon),
         }
     }
 
-    /// The task of `cfg`, whose every random stream derives from `seed`.
+    /// The task of `cfg`, whose every random stream derives from `seed`. The real-data tasks load their files
+    /// from [`crate::data::data_dir`]: a missing or malformed file is an [`Error::Data`] naming it.
     pub fn new(cfg: &TaskConfig, seed: u64) -> Result<Task> {
-        Ok(match cfg.kind {
+        cfg.validate()?;
+        let task = match cfg.kind {
             TaskKind::Adding => Task::Adding(adding::Adding::new(cfg.seq_len, cfg.eval_size, seed)?),
             TaskKind::Copy => Task::Copy(copy::Copy::new(cfg.seq_len, cfg.eval_size, seed)?),
-        })
+            TaskKind::Digits => Task::Digits(digits::Digits::new(seed)?),
+            TaskKind::Smnist => Task::Smnist(smnist::Smnist::new(cfg.permute_seed, seed)?),
+            TaskKind::Forecast => Task::Forecast(forecast::Forecast::new(cfg.series, cfg.seq_len, cfg.horizon, seed)?),
+        };
+        if let (Some(fixed), Some(found)) = (cfg.kind.fixed_seq_len(), task.fixed_data_seq_len()) {
+            if fixed != found {
+                return Err(Error::config(format!("the {} data has {found} pixels per image, the task expects {fixed}", cfg.kind.name())));
+            }
+        }
+        Ok(task)
     }
 
     /// Which task.
@@ -128,28 +161,48 @@ impl Task {
         match self {
             Task::Adding(_) => TaskKind::Adding,
             Task::Copy(_) => TaskKind::Copy,
+            Task::Digits(_) => TaskKind::Digits,
+            Task::Smnist(_) => TaskKind::Smnist,
+            Task::Forecast(_) => TaskKind::Forecast,
         }
     }
 
     /// What the model reads and emits.
     pub fn io(&self) -> TaskIo {
-        Task::io_of(self.kind())
+        match self {
+            Task::Adding(_) => adding::Adding::io(),
+            Task::Copy(_) => copy::Copy::io(),
+            Task::Digits(_) => digits::Digits::io(),
+            Task::Smnist(_) => smnist::Smnist::io(),
+            Task::Forecast(f) => f.io(),
+        }
     }
 
-    /// Name of the task metric: `mse` (adding) or `accuracy` (copy, over the 10 recall steps).
+    /// Name of the task metric: `mse` (adding; forecast, on the original scale) or `accuracy` (copy, over the 10
+    /// recall steps; digits and smnist).
     pub fn metric_name(&self) -> &'static str {
         match self {
             Task::Adding(_) => "mse",
             Task::Copy(_) => "accuracy",
+            Task::Digits(_) => digits::Digits::metric_name(),
+            Task::Smnist(_) => smnist::Smnist::metric_name(),
+            Task::Forecast(_) => forecast::Forecast::metric_name(),
         }
     }
 
     /// Whether a larger metric is better.
     pub fn higher_is_better(&self) -> bool {
-        matches!(self, Task::Copy(_))
+        match self {
+            Task::Adding(_) => false,
+            Task::Copy(_) => true,
+            Task::Digits(_) => digits::Digits::higher_is_better(),
+            Task::Smnist(_) => smnist::Smnist::higher_is_better(),
+            Task::Forecast(_) => forecast::Forecast::higher_is_better(),
+        }
     }
 
-    /// One line on the score of the trivial strategy, to judge a result against.
+    /// One line on the score of the trivial strategy (forecast: the naive and seasonal-naive baselines), to judge
+    /// a result against.
     pub fn baseline_note(&self) -> String {
         match self {
             Task::Adding(_) => format!("baseline: always predicting 1.0 gives mse {:.3}", adding::BASELINE_MSE),
@@ -159,44 +212,81 @@ impl Task {
                 c.total_len(),
                 1.0 / f64::from(copy::DIGIT_CHOICES)
             ),
+            Task::Digits(d) => d.baseline_note(),
+            Task::Smnist(s) => s.baseline_note(),
+            Task::Forecast(f) => f.baseline_note(),
         }
     }
 
-    /// Steps per sequence as the model sees them (adding: T; copy: T + 20).
+    /// Steps per sequence as the model sees them (adding: T; copy: T + 20; digits 64; smnist 784; forecast: the
+    /// window).
     pub fn steps_per_sequence(&self) -> usize {
         match self {
             Task::Adding(a) => a.seq_len(),
             Task::Copy(c) => c.total_len(),
+            Task::Digits(d) => d.seq_len(),
+            Task::Smnist(s) => s.seq_len(),
+            Task::Forecast(f) => f.seq_len(),
         }
     }
 
-    /// The training batch of `step` (from `rng_for(seed, streams::TRAIN_DATA + step)`, so a resumed run sees
-    /// exactly the data of an uninterrupted one).
+    /// The pixels per image of a classification data set as loaded; `None` for the other tasks.
+    fn fixed_data_seq_len(&self) -> Option<usize> {
+        match self {
+            Task::Digits(d) => Some(d.seq_len()),
+            Task::Smnist(s) => Some(s.seq_len()),
+            Task::Adding(_) | Task::Copy(_) | Task::Forecast(_) => None,
+        }
+    }
+
+    /// The training batch of `step`, a function of `(seed, step)` only, so a resumed run sees exactly the data of
+    /// an uninterrupted one: adding and copy draw it from `rng_for(seed, streams::TRAIN_DATA + step)`, the
+    /// real-data tasks take it from seeded epoch permutations of their training split
+    /// ([`crate::data::EpochSampler`]).
     pub fn train_batch(&self, step: u64, batch: usize) -> Batch {
         match self {
             Task::Adding(a) => a.train_batch(step, batch),
             Task::Copy(c) => c.train_batch(step, batch),
+            Task::Digits(d) => d.train_batch(step, batch),
+            Task::Smnist(s) => s.train_batch(step, batch),
+            Task::Forecast(f) => f.train_batch(step, batch),
         }
     }
 
-    /// Number of sequences in the evaluation set.
+    /// Number of sequences in the evaluation set: `eval_size` for the generated tasks, the size of the fixed test
+    /// split for the real-data tasks (359 digits, 2,000 MNIST images, the test windows of a series).
     pub fn eval_size(&self) -> usize {
         match self {
             Task::Adding(a) => a.eval_size(),
             Task::Copy(c) => c.eval_size(),
+            Task::Digits(d) => d.eval_size(),
+            Task::Smnist(s) => s.eval_size(),
+            Task::Forecast(f) => f.eval_size(),
         }
     }
 
-    /// The fixed evaluation set: `eval_size` sequences drawn from `rng_for(seed, streams::EVAL_DATA)`, in batches
-    /// of at most [`EVAL_MAX_BATCH`] sequences and about [`EVAL_STEPS_PER_BATCH`] steps. Generated on the fly, so
-    /// holding a task costs no memory; every call yields the same batches.
-    pub fn eval_set(&self) -> EvalSet<'_> {
-        let per_batch = (EVAL_STEPS_PER_BATCH / self.steps_per_sequence()).clamp(1, EVAL_MAX_BATCH);
-        let seed = match self {
+    /// The seed of the task's random streams.
+    fn seed(&self) -> u64 {
+        match self {
             Task::Adding(a) => a.seed(),
             Task::Copy(c) => c.seed(),
+            Task::Digits(d) => d.seed(),
+            Task::Smnist(s) => s.seed(),
+            Task::Forecast(f) => f.seed(),
+        }
+    }
+
+    /// The fixed evaluation set, in batches of at most [`EVAL_MAX_BATCH`] sequences and about
+    /// [`EVAL_STEPS_PER_BATCH`] steps. Adding and copy draw `eval_size` sequences from
+    /// `rng_for(seed, streams::EVAL_DATA)`, generated on the fly so that holding a task costs no memory; the
+    /// real-data tasks page through their test split in order. Every call yields the same batches.
+    pub fn eval_set(&self) -> EvalSet<'_> {
+        let per_batch = (EVAL_STEPS_PER_BATCH / self.steps_per_sequence()).clamp(1, EVAL_MAX_BATCH);
+        let source = match self {
+            Task::Adding(_) | Task::Copy(_) => EvalSource::Generated(Box::new(rng_for(self.seed(), streams::EVAL_DATA))),
+            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) => EvalSource::Fixed { next: 0 },
         };
-        EvalSet { task: self, rng: rng_for(seed, streams::EVAL_DATA), remaining: self.eval_size(), per_batch }
+        EvalSet { task: self, source, remaining: self.eval_size(), per_batch }
     }
 
     /// Runs `network` over the evaluation set (forward only, dropout off) and scores it.
@@ -206,21 +296,35 @@ impl Task {
             let outputs = network.predict(&batch.inputs, batch.batch, batch.seq_len)?;
             acc.add(self, &outputs, &batch)?;
         }
-        Ok(acc.finish(self))
+        acc.finish(self)
     }
 
-    /// `count` sequences drawn from `rng`.
-    pub fn generate(&self, rng: &mut Rng, count: usize) -> Batch {
+    /// `count` sequences drawn from `rng` (adding, copy); `None` for the real-data tasks, whose sequences come
+    /// from their files ([`Task::train_batch`], [`Task::eval_batch`]).
+    pub fn generate(&self, rng: &mut Rng, count: usize) -> Option<Batch> {
         match self {
-            Task::Adding(a) => a.generate(rng, count),
-            Task::Copy(c) => c.generate(rng, count),
+            Task::Adding(a) => Some(a.generate(rng, count)),
+            Task::Copy(c) => Some(c.generate(rng, count)),
+            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) => None,
+        }
+    }
+
+    /// Test sequences `start..start + count` (clipped to [`Task::eval_size`]) of a real-data task as one batch;
+    /// `None` for the generated tasks, whose evaluation set is drawn in order from a stream ([`Task::eval_set`]).
+    pub fn eval_batch(&self, start: usize, count: usize) -> Option<Batch> {
+        match self {
+            Task::Adding(_) | Task::Copy(_) => None,
+            Task::Digits(d) => Some(d.eval_batch(start, count)),
+            Task::Smnist(s) => Some(s.eval_batch(start, count)),
+            Task::Forecast(f) => Some(f.eval_batch(start, count)),
         }
     }
 
     /// The training loss of `outputs` on `batch` and its gradient d(loss)/d(outputs).
     ///
-    /// `outputs`: `(B, 1)` predictions (adding, MSE) or `(B, T + 20, V)` logits (copy, cross-entropy averaged
-    /// over every step).
+    /// `outputs`: `(B, 1)` predictions (adding, MSE), `(B, T + 20, V)` logits (copy, cross-entropy averaged
+    /// over every step), `(B, C)` logits (digits, smnist, cross-entropy) or `(B, horizon * K)` predictions
+    /// (forecast, MSE on the normalised scale).
     pub fn loss(&self, outputs: &[f32], batch: &Batch) -> Result<(f32, Vec<f32>)> {
         let io = self.io();
         let rows = match io.readout {
@@ -238,13 +342,23 @@ impl Task {
     }
 }
 
+/// Where the batches of an [`EvalSet`] come from.
+#[derive(Clone, Debug)]
+enum EvalSource {
+    /// Adding and copy: sequences are drawn one after the other from the evaluation stream, so batching does not
+    /// change the data. Boxed: the ChaCha state is large next to the other variant.
+    Generated(Box<Rng>),
+    /// The real-data tasks: the test split in order; `next` is the first sequence of the next batch.
+    Fixed { next: usize },
+}
+
 /// The evaluation batches of a task, see [`Task::eval_set`].
 #[derive(Clone, Debug)]
 pub struct EvalSet<'a> {
-    /// The generator.
+    /// The task.
     task: &'a Task,
-    /// The evaluation stream; sequences are drawn one after the other, so batching does not change the data.
-    rng: Rng,
+    /// Where the sequences come from.
+    source: EvalSource,
     /// Sequences still to yield.
     remaining: usize,
     /// Sequences per batch.
@@ -260,7 +374,14 @@ impl Iterator for EvalSet<'_> {
         }
         let n = self.remaining.min(self.per_batch);
         self.remaining -= n;
-        Some(self.task.generate(&mut self.rng, n))
+        match &mut self.source {
+            EvalSource::Generated(rng) => self.task.generate(rng, n),
+            EvalSource::Fixed { next } => {
+                let start = *next;
+                *next += n;
+                self.task.eval_batch(start, n)
+            }
+        }
     }
 }
 
@@ -269,20 +390,24 @@ impl Iterator for EvalSet<'_> {
 pub struct EvalAccumulator {
     /// Sum of the per-batch loss times the number of terms it averages.
     loss_sum: f64,
-    /// Number of loss terms (adding: sequences; copy: counted steps).
+    /// Number of loss terms (adding: sequences; copy: counted steps; digits, smnist: sequences; forecast: predicted
+    /// values).
     loss_terms: usize,
     /// Copy: sum of the recall-window cross-entropy times its counted steps.
     recall_loss_sum: f64,
-    /// Copy: counted recall steps.
-    recall_terms: usize,
-    /// Copy: correctly predicted recall steps.
-    recall_correct: usize,
+    /// Predictions scored for accuracy (copy: recall steps; digits, smnist: sequences).
+    scored: usize,
+    /// Correct predictions among `scored`.
+    correct: usize,
+    /// Forecast: `(N, horizon, K)` the model's normalised outputs for the test windows seen so far, in order.
+    forecast_outputs: Vec<f32>,
     /// Sequences seen.
     sequences: usize,
 }
 
 impl EvalAccumulator {
-    /// Adds the model's `outputs` on `batch` (shapes as in [`Task::loss`]).
+    /// Adds the model's `outputs` on `batch` (shapes as in [`Task::loss`]). Forecast batches must be added in the
+    /// order of the test windows ([`Task::eval_set`] yields them so).
     pub fn add(&mut self, task: &Task, outputs: &[f32], batch: &Batch) -> Result<()> {
         self.sequences += batch.batch;
         match task {
@@ -311,31 +436,63 @@ impl EvalAccumulator {
                 }
                 let recall = loss::cross_entropy(&recall_logits, &recall_targets, copy::VOCAB)?;
                 self.recall_loss_sum += f64::from(recall.loss) * recall.counted as f64;
-                self.recall_terms += recall.counted;
-                self.recall_correct += recall.correct;
+                self.scored += recall.counted;
+                self.correct += recall.correct;
+            }
+            Task::Digits(d) => self.add_classified(&d.score(outputs, batch)?),
+            Task::Smnist(s) => self.add_classified(&s.score(outputs, batch)?),
+            Task::Forecast(f) => {
+                let (mse, _) = f.loss(outputs, batch)?;
+                self.loss_sum += f64::from(mse) * outputs.len() as f64;
+                self.loss_terms += outputs.len();
+                self.forecast_outputs.extend_from_slice(outputs);
             }
         }
         Ok(())
     }
 
-    /// The evaluation over everything added so far.
-    pub fn finish(&self, task: &Task) -> Evaluation {
+    /// Adds the cross-entropy and the correct predictions of a sequence-classification batch.
+    fn add_classified(&mut self, scored: &loss::CrossEntropyOut) {
+        self.loss_sum += f64::from(scored.loss) * scored.counted as f64;
+        self.loss_terms += scored.counted;
+        self.scored += scored.counted;
+        self.correct += scored.correct;
+    }
+
+    /// The evaluation over everything added so far. For forecast this must be every test window (the baselines
+    /// are computed over all of them): fewer is an [`Error::Shape`].
+    pub fn finish(&self, task: &Task) -> Result<Evaluation> {
         let mean = |sum: f64, n: usize| if n == 0 { f32::NAN } else { (sum / n as f64) as f32 };
         let loss = mean(self.loss_sum, self.loss_terms);
-        let (metric, recall_loss) = match task {
-            Task::Adding(_) => (loss, None),
-            Task::Copy(_) => (mean(self.recall_correct as f64, self.recall_terms), Some(mean(self.recall_loss_sum, self.recall_terms))),
+        let accuracy = mean(self.correct as f64, self.scored);
+        let (metric, recall_loss, forecast) = match task {
+            Task::Adding(_) => (loss, None, None),
+            Task::Copy(_) => (accuracy, Some(mean(self.recall_loss_sum, self.scored)), None),
+            Task::Digits(_) | Task::Smnist(_) => (accuracy, None, None),
+            Task::Forecast(f) => {
+                let metrics = f.test_metrics(&self.forecast_outputs)?;
+                (metrics.mse as f32, None, Some(metrics))
+            }
         };
-        Evaluation { loss, metric, metric_name: task.metric_name(), higher_is_better: task.higher_is_better(), sequences: self.sequences, recall_loss }
+        Ok(Evaluation {
+            loss,
+            metric,
+            metric_name: task.metric_name(),
+            higher_is_better: task.higher_is_better(),
+            sequences: self.sequences,
+            recall_loss,
+            forecast,
+        })
     }
 }
 
 #[cfg(test)]
 mod task_tests {
     use super::*;
+    use crate::data;
 
     fn cfg(kind: TaskKind, seq_len: usize, eval_size: usize) -> TaskConfig {
-        TaskConfig { kind, seq_len, eval_size }
+        TaskConfig { seq_len, eval_size, ..TaskConfig::new(kind) }
     }
 
     #[test]
@@ -373,7 +530,7 @@ mod task_tests {
             let batch = &batch;
             acc.add(&task, &vec![1.0; batch.batch], batch).unwrap();
         }
-        let eval = acc.finish(&task);
+        let eval = acc.finish(&task).unwrap();
         assert_eq!((eval.metric_name, eval.higher_is_better, eval.sequences), ("mse", false, 5000));
         assert!((eval.metric - adding::BASELINE_MSE).abs() < 0.01, "predicting 1.0: mse {}", eval.metric);
         assert_eq!(eval.loss, eval.metric);
@@ -410,7 +567,7 @@ mod task_tests {
             assert!((loss - c.baseline_cross_entropy()).abs() < 1e-4, "training loss {loss}");
             assert_eq!(grad.len(), logits.len());
         }
-        let eval = acc.finish(&task);
+        let eval = acc.finish(&task).unwrap();
         assert_eq!((eval.metric_name, eval.higher_is_better), ("accuracy", true));
         assert!((eval.loss - c.baseline_cross_entropy()).abs() < 1e-4, "loss {} vs 10 ln 8 / 50", eval.loss);
         assert!((eval.recall_loss.unwrap() - 8f32.ln()).abs() < 1e-4);
@@ -431,9 +588,96 @@ mod task_tests {
             }
             acc.add(&task, &logits, batch).unwrap();
         }
-        let eval = acc.finish(&task);
+        let eval = acc.finish(&task).unwrap();
         assert_eq!(eval.metric, 1.0);
         assert!(eval.loss < 1e-6 && eval.recall_loss.unwrap() < 1e-6);
+    }
+
+    #[test]
+    fn io_of_the_config_matches_the_loaded_task() {
+        let forecast = TaskConfig::forecast(forecast::SeriesKind::Seattle, 3);
+        assert_eq!(forecast.seq_len, 60);
+        for cfg in [TaskConfig::new(TaskKind::Adding), TaskConfig::new(TaskKind::Copy), TaskConfig::new(TaskKind::Digits), forecast] {
+            let task = Task::new(&cfg, 0).unwrap();
+            assert_eq!(Task::io_of(&cfg), task.io(), "{:?}", cfg.kind);
+            assert_eq!(task.kind(), cfg.kind);
+        }
+        let seattle = Task::io_of(&TaskConfig::forecast(forecast::SeriesKind::Seattle, 3));
+        assert_eq!(seattle, TaskIo { input: InputKind::Dense { dim: 4 }, output_dim: 3, readout: Readout::LastStep });
+        assert_eq!(Task::io_of(&TaskConfig::new(TaskKind::Smnist)), smnist::Smnist::io());
+    }
+
+    #[test]
+    fn digits_eval_set_pages_through_the_test_split() {
+        let task = Task::new(&TaskConfig::new(TaskKind::Digits), 9).unwrap();
+        let Task::Digits(d) = &task else { unreachable!() };
+        let eval: Vec<Batch> = task.eval_set().collect();
+        assert_eq!(eval.iter().map(|b| b.batch).collect::<Vec<_>>(), vec![256, 103], "359 test images in batches of at most 256");
+        assert_eq!(eval[1], d.eval_batch(256, 103));
+        assert_eq!(eval, Task::new(&TaskConfig::new(TaskKind::Digits), 1).unwrap().eval_set().collect::<Vec<_>>(), "the test split ignores the seed");
+        assert!(task.generate(&mut rng_for(0, 0), 2).is_none() && Task::new(&cfg(TaskKind::Adding, 5, 5), 0).unwrap().eval_batch(0, 2).is_none());
+
+        // Perfect logits score 1; uniform logits score the first class's share and a loss of ln 10.
+        let (mut perfect, mut uniform) = (EvalAccumulator::default(), EvalAccumulator::default());
+        for batch in &eval {
+            let Targets::Classes(y) = &batch.targets else { unreachable!() };
+            let mut logits = vec![0.0f32; y.len() * 10]; // (B, C)
+            uniform.add(&task, &logits, batch).unwrap();
+            for (row, &class) in logits.chunks_exact_mut(10).zip(y) {
+                row[class as usize] = 30.0;
+            }
+            perfect.add(&task, &logits, batch).unwrap();
+        }
+        let (perfect, uniform) = (perfect.finish(&task).unwrap(), uniform.finish(&task).unwrap());
+        assert_eq!((perfect.metric, perfect.metric_name, perfect.higher_is_better, perfect.sequences), (1.0, "accuracy", true, 359));
+        assert!(perfect.loss < 1e-6 && perfect.recall_loss.is_none() && perfect.forecast.is_none());
+        assert!((uniform.loss - 10f32.ln()).abs() < 1e-5 && uniform.metric < 0.2, "{uniform:?}");
+    }
+
+    #[test]
+    fn forecast_evaluation_reports_the_baselines() {
+        let mut config = TaskConfig::new(TaskKind::Forecast);
+        config.horizon = 2;
+        let task = Task::new(&config, 0).unwrap();
+        let Task::Forecast(f) = &task else { unreachable!() };
+        assert_eq!(task.steps_per_sequence(), TaskConfig::default_window(forecast::SeriesKind::Sunspots));
+        // Feeding the naive forecast (normalised) as the model's outputs reproduces the naive scores.
+        let (mean, std) = f.normalisation();
+        let (mean, std) = (mean[0], std[0]);
+        let naive: Vec<f32> = f.naive_predictions(data::Split::Test).iter().map(|v| (v - mean) / std).collect();
+        let mut acc = EvalAccumulator::default();
+        let mut seen = 0;
+        for batch in task.eval_set() {
+            let outputs = &naive[seen * 2..(seen + batch.batch) * 2]; // (B, horizon)
+            seen += batch.batch;
+            acc.add(&task, outputs, &batch).unwrap();
+        }
+        let eval = acc.finish(&task).unwrap();
+        let m = eval.forecast.unwrap();
+        assert_eq!((eval.metric_name, eval.higher_is_better, eval.sequences, m.windows), ("mse", false, f.eval_size(), f.eval_size()));
+        assert!((m.mse - m.naive_mse).abs() < 1e-3 * m.naive_mse && (m.mae - m.naive_mae).abs() < 1e-3 * m.naive_mae, "{m:?}");
+        assert_eq!(eval.metric, m.mse as f32);
+        assert!(m.seasonal_mse > 0.0 && m.seasonal_mae > 0.0 && eval.loss > 0.0);
+        // Every test window must be scored: a partial evaluation is refused.
+        let mut partial = EvalAccumulator::default();
+        let first = task.eval_set().next().unwrap();
+        partial.add(&task, &vec![0.0; first.batch * 2], &first).unwrap();
+        if first.batch < f.eval_size() {
+            assert!(matches!(partial.finish(&task), Err(Error::Shape { .. })));
+        }
+    }
+
+    #[test]
+    fn real_data_configs_are_checked() {
+        let digits = TaskConfig { seq_len: 50, ..TaskConfig::new(TaskKind::Digits) };
+        let err = Task::new(&digits, 0).unwrap_err();
+        assert!(matches!(err, Error::Config { .. }) && err.to_string().contains("fixed at 64"), "{err}");
+        let window = TaskConfig { seq_len: 400, ..TaskConfig::new(TaskKind::Forecast) };
+        assert!(matches!(Task::new(&window, 0), Err(Error::Config { .. })));
+        let horizon = TaskConfig { horizon: 0, ..TaskConfig::new(TaskKind::Forecast) };
+        assert!(Task::new(&horizon, 0).unwrap_err().to_string().contains("task.horizon"));
+        let permuted_adding = TaskConfig { permute_seed: Some(1), ..TaskConfig::new(TaskKind::Adding) };
+        assert!(Task::new(&permuted_adding, 0).unwrap_err().to_string().contains("smnist task only"));
     }
 
     #[test]
