@@ -28,10 +28,13 @@ pub struct InfoArgs {
 pub fn run(args: &InfoArgs, json: bool) -> Result<(), CliError> {
     let (config, network, state): (RunConfig, Network, Option<TrainState>) = match (&args.config, &args.checkpoint) {
         (Some(path), _) => {
-            let config = RunConfig::from_file(path).map_err(|e| match e {
+            let mut config = RunConfig::from_file(path).map_err(|e| match e {
                 effseq::Error::Io { source, .. } => CliError::usage(format!("cannot read config file {}: {source}", path.display())),
                 other => other.into(),
             })?;
+            // As `train` would: a TCN without `levels` gets enough to cover the task's sequence.
+            let steps = config.task.steps_per_sequence();
+            config.model.resolve_for_sequence(steps);
             let network = Network::new(&config.model, Task::io_of(&config.task), config.train.seed)?;
             (config, network, None)
         }
@@ -46,6 +49,7 @@ pub fn run(args: &InfoArgs, json: bool) -> Result<(), CliError> {
             "config": config,
             "params": param_json(&network),
             "total_params": network.num_params(),
+            "receptive_field": config.model.receptive_field(),
             "state": state,
         });
         let text = serde_json::to_string(&value).map_err(|e| CliError { message: format!("cannot write JSON: {e}"), hint: None, code: exit::OTHER })?;
@@ -53,6 +57,12 @@ pub fn run(args: &InfoArgs, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!("# resolved config\n{}", config.to_toml().trim_end());
+    let steps = config.task.steps_per_sequence();
+    match config.model.receptive_field() {
+        Some(rf) if rf < steps => println!("\n# receptive field: {rf} steps, SHORTER than the task's {steps}-step sequence: the model cannot see its start"),
+        Some(rf) => println!("\n# receptive field: {rf} steps (the task's sequences have {steps})"),
+        None => println!("\n# receptive field: unbounded (recurrent); the task's sequences have {steps} steps"),
+    }
     if let Some(state) = &state {
         let metric = match (&state.metric_name, state.last_metric, state.best_metric) {
             (Some(name), Some(last), Some(best)) => format!(", eval {name} {last:.5} (best {best:.5})"),

@@ -180,7 +180,7 @@ impl ModelConfig {
     pub fn resolve_for_sequence(&mut self, t: usize) {
         if self.kind == ModelKind::Tcn && self.levels.is_none() {
             let mut levels = 1;
-            while self.kernel_size > 1 && tcn_receptive_field(self.kernel_size, levels) < t && levels < 30 {
+            while self.kernel_size > 1 && tcn_receptive_field(self.kernel_size, levels) < t && levels < crate::tcn::MAX_LEVELS {
                 levels += 1;
             }
             self.levels = Some(levels);
@@ -202,8 +202,8 @@ impl ModelConfig {
             if self.kernel_size == 0 {
                 return Err(Error::config("model.kernel_size must be at least 1"));
             }
-            if matches!(self.levels, Some(l) if l == 0 || l > 30) {
-                return Err(Error::config("model.levels must be between 1 and 30"));
+            if matches!(self.levels, Some(l) if l == 0 || l > crate::tcn::MAX_LEVELS) {
+                return Err(Error::config(format!("model.levels must be between 1 and {}", crate::tcn::MAX_LEVELS)));
             }
         }
         if self.layers == 0 {

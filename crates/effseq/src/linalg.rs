@@ -225,7 +225,7 @@ unsafe impl Sync for SendPtr {}
 /// # Safety
 /// `out` must be valid for writes at `r * ldo + j` for every `r < rows` and every column `j < w.n` of the
 /// given panels, with no concurrent access to those elements; `x` must hold `rows` rows of `w.k` values.
-unsafe fn packed_panels_acc(rows: usize, x: &[f32], ldx: usize, w: &PackedPanels, panels: std::ops::Range<usize>, out: *mut f32, ldo: usize) {
+pub(crate) unsafe fn packed_panels_acc(rows: usize, x: &[f32], ldx: usize, w: &PackedPanels, panels: std::ops::Range<usize>, out: *mut f32, ldo: usize) {
     let k = w.k;
     for p in panels {
         let panel = &w.data[p * k * PANEL..(p + 1) * k * PANEL]; // (K, 16)

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::config::ModelKind;
 use crate::error::{check_len, Error, Result};
-use crate::linalg::{matmul, packed_matmul_acc, PackedPanels, Trans};
+use crate::linalg::{matmul, packed_matmul_acc, packed_panels_acc, PackedPanels, Trans, PANEL};
 use crate::math::{sigmoid, sigmoid_inplace, tanh, tanh_inplace};
 use crate::param::{Module, Param};
 use crate::rng::{fill_uniform, rng_for, streams, Rng};
@@ -316,12 +316,12 @@ impl Rnn {
                 let (i0, i1) = (initial(0), initial(1));
                 let inp = &input;
                 let (f, r) = rayon::join(
-                    || run_direction(kind, &cells[0], inp, b, t, d_in, i0, false, keep),
-                    || run_direction(kind, &cells[1], inp, b, t, d_in, i1, true, keep),
+                    || run_direction(kind, &cells[0], inp, b, t, d_in, i0, false, keep, 2),
+                    || run_direction(kind, &cells[1], inp, b, t, d_in, i1, true, keep, 2),
                 );
                 vec![f, r]
             } else {
-                vec![run_direction(kind, &cells[0], &input, b, t, d_in, initial(0), false, keep)]
+                vec![run_direction(kind, &cells[0], &input, b, t, d_in, initial(0), false, keep, 1)]
             };
             // (T, B, dirs*H) layer output.
             let mut output = if dirs == 1 {
@@ -420,12 +420,12 @@ impl Rnn {
                 let (c0, c1) = cells.split_at_mut(1);
                 let mut dx1 = vec![0.0; t * b * d_in];
                 rayon::join(
-                    || backward_direction(kind, &mut c0[0], &lc.input, &lc.dirs[0], &per_dir[0], b, t, d_in, false, &mut dx),
-                    || backward_direction(kind, &mut c1[0], &lc.input, &lc.dirs[1], &per_dir[1], b, t, d_in, true, &mut dx1),
+                    || backward_direction(kind, &mut c0[0], &lc.input, &lc.dirs[0], &per_dir[0], b, t, d_in, false, 2, &mut dx),
+                    || backward_direction(kind, &mut c1[0], &lc.input, &lc.dirs[1], &per_dir[1], b, t, d_in, true, 2, &mut dx1),
                 );
                 dx.iter_mut().zip(&dx1).for_each(|(a, v)| *a += v);
             } else {
-                backward_direction(kind, &mut cells[0], &lc.input, &lc.dirs[0], &per_dir[0], b, t, d_in, false, &mut dx);
+                backward_direction(kind, &mut cells[0], &lc.input, &lc.dirs[0], &per_dir[0], b, t, d_in, false, 1, &mut dx);
             }
             dout = dx;
         }
@@ -463,7 +463,10 @@ impl Rnn {
                     let c_l = &mut state.c[l * b * h..(l + 1) * b * h];
                     for bi in 0..b {
                         let row = &mut gates[bi * gh..(bi + 1) * gh];
-                        lstm_pointwise(row, &mut c_l[bi * h..(bi + 1) * h], None, &mut h_l[bi * h..(bi + 1) * h], h);
+                        let (i, rest) = row.split_at_mut(h);
+                        let (f, rest) = rest.split_at_mut(h);
+                        let (g, o) = rest.split_at_mut(h);
+                        lstm_pointwise(i, f, g, o, None, &mut c_l[bi * h..(bi + 1) * h], &mut h_l[bi * h..(bi + 1) * h]);
                     }
                 }
                 Kind::Gru => {
@@ -477,7 +480,10 @@ impl Rnn {
                     packed_matmul_acc(b, h_l, h, &cell.w_hh_t, hw, gh);
                     for bi in 0..b {
                         let hrow = &mut h_l[bi * h..(bi + 1) * h];
-                        gru_pointwise(&mut gates[bi * gh..(bi + 1) * gh], &hw[bi * gh..(bi + 1) * gh], None, hrow, h);
+                        let (r, rest) = gates[bi * gh..(bi + 1) * gh].split_at_mut(h);
+                        let (z, n) = rest.split_at_mut(h);
+                        let hw_row = &hw[bi * gh..(bi + 1) * gh];
+                        gru_pointwise(r, z, n, &hw_row[..h], &hw_row[h..2 * h], &hw_row[2 * h..], None, hrow);
                     }
                 }
             }
@@ -518,59 +524,56 @@ impl Module for Rnn {
     }
 }
 
-/// LSTM pointwise update for one sequence. `gates (G*H)` holds pre-activations `[i f g o]` on entry and the
-/// activated gates on exit; `c (H)` holds c_{t-1} on entry (or `c_prev` if given) and c_t on exit; `h (H)` gets h_t.
-/// Written as separate passes over contiguous slices so that each one vectorises.
+/// LSTM pointwise update of one sequence's units (Hochreiter & Schmidhuber 1997, PyTorch's formulation):
+/// `i, f, g, o` hold the pre-activations on entry and the activated gates on exit;
+/// `c_t = f ⊙ c_{t-1} + i ⊙ g`, `h_t = o ⊙ tanh(c_t)`. Separate passes over contiguous slices so that each
+/// one vectorises.
 #[inline]
-fn lstm_pointwise(gates: &mut [f32], c: &mut [f32], c_prev: Option<&[f32]>, h_out: &mut [f32], h: usize) {
-    let (i, rest) = gates.split_at_mut(h);
-    let (f, rest) = rest.split_at_mut(h);
-    let (g, o) = rest.split_at_mut(h);
+/// `c_prev: None` means `c` holds c_{t-1} on entry (the streaming step updates it in place).
+fn lstm_pointwise(i: &mut [f32], f: &mut [f32], g: &mut [f32], o: &mut [f32], c_prev: Option<&[f32]>, c: &mut [f32], h_out: &mut [f32]) {
     sigmoid_inplace(i);
     sigmoid_inplace(f);
     tanh_inplace(g);
     sigmoid_inplace(o);
     match c_prev {
         Some(cp) => {
-            for j in 0..h {
+            for j in 0..c.len() {
                 c[j] = f[j] * cp[j] + i[j] * g[j];
             }
         }
         None => {
-            for j in 0..h {
+            for j in 0..c.len() {
                 c[j] = f[j] * c[j] + i[j] * g[j];
             }
         }
     }
-    for j in 0..h {
+    for j in 0..c.len() {
         h_out[j] = o[j] * tanh(c[j]);
     }
 }
 
-/// GRU pointwise update for one sequence. `gates (G*H)` holds the input projections `[x_r x_z x_n]` (with
-/// `b_ih`) on entry and the activated `[r z n]` on exit; `hw (G*H)` is `W_hh h_{t-1} + b_hh`. `h (H)` holds
-/// h_{t-1} on entry (or `h_prev` if given) and gets h_t.
+/// GRU pointwise update of one sequence's units (Cho et al. 2014, PyTorch's formulation): `r, z, n` hold
+/// the input projections (with `b_ih`) on entry and the activated gates on exit; `hr, hz, hn` are the parts of
+/// `W_hh h_{t-1} + b_hh`; `h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}` with `n = tanh(x_n + r ⊙ hn)`.
+#[allow(clippy::too_many_arguments)]
 #[inline]
-fn gru_pointwise(gates: &mut [f32], hw: &[f32], h_prev: Option<&[f32]>, h_out: &mut [f32], h: usize) {
-    let (r, rest) = gates.split_at_mut(h);
-    let (z, n) = rest.split_at_mut(h);
-    let (hr, rest) = hw.split_at(h);
-    let (hz, hn) = rest.split_at(h);
-    for j in 0..h {
+/// `h_prev: None` means `h_out` holds h_{t-1} on entry (the streaming step updates it in place).
+fn gru_pointwise(r: &mut [f32], z: &mut [f32], n: &mut [f32], hr: &[f32], hz: &[f32], hn: &[f32], h_prev: Option<&[f32]>, h_out: &mut [f32]) {
+    for j in 0..r.len() {
         r[j] = sigmoid(r[j] + hr[j]);
         z[j] = sigmoid(z[j] + hz[j]);
     }
-    for j in 0..h {
+    for j in 0..r.len() {
         n[j] = tanh(n[j] + r[j] * hn[j]);
     }
     match h_prev {
         Some(hp) => {
-            for j in 0..h {
+            for j in 0..r.len() {
                 h_out[j] = (1.0 - z[j]) * n[j] + z[j] * hp[j];
             }
         }
         None => {
-            for j in 0..h {
+            for j in 0..r.len() {
                 h_out[j] = (1.0 - z[j]) * n[j] + z[j] * h_out[j];
             }
         }
@@ -587,9 +590,21 @@ const INFER_CHUNK: usize = 64;
 /// term (GRU) are kept for backward, and the input projection is one GEMM over all T*B rows. Without it
 /// (inference) only the outputs are kept, and the projection runs in chunks of [`INFER_CHUNK`] steps.
 #[allow(clippy::too_many_arguments)]
-fn run_direction(kind: Kind, cell: &Cell, input: &[f32], b: usize, t: usize, d_in: usize, init: (Vec<f32>, Vec<f32>), reverse: bool, keep: bool) -> DirCache {
+fn run_direction(
+    kind: Kind,
+    cell: &Cell,
+    input: &[f32],
+    b: usize,
+    t: usize,
+    d_in: usize,
+    init: (Vec<f32>, Vec<f32>),
+    reverse: bool,
+    keep: bool,
+    directions: usize,
+) -> DirCache {
     let h = cell.w_hh.shape[1];
     let gh = cell.w_hh.shape[0];
+    let g_count = gh / h;
     let (h0, c0) = init;
     let step = b * h;
     let chunk = if keep { t.max(1) } else { INFER_CHUNK.min(t.max(1)) };
@@ -599,10 +614,12 @@ fn run_direction(kind: Kind, cell: &Cell, input: &[f32], b: usize, t: usize, d_i
     let mut hs = vec![0.0; t * step]; // (T, B, H)
     let lstm = kind == Kind::Lstm;
     let mut cs = if lstm && keep { vec![0.0; t * step] } else { Vec::new() }; // (T, B, H), training only
-    let (mut c_a, mut c_b) = if lstm && !keep { (c0.clone(), vec![0.0; step]) } else { (Vec::new(), Vec::new()) }; // (B, H) ping-pong, inference
+                                                                              // Inference keeps two (B, H) cell states: the state after global step s lives in block (s + 1) % 2.
+    let mut c_pp = if lstm && !keep { [c0.clone(), c0.clone()].concat() } else { Vec::new() }; // (2, B, H)
     let mut hn = if kind == Kind::Gru && keep { vec![0.0; t * step] } else { Vec::new() }; // (T, B, H)
-    let mut hw = vec![0.0; b * gh]; // (B, G*H) GRU scratch
-    let mut s = 0; // steps done, in processing order
+    let mut hw = vec![0.0; b * gh]; // (B, G*H) GRU recurrent projection
+    let n = team::team_size(b, h, gh, directions);
+    let mut done = 0; // steps done, in processing order
     for ci in 0..t.div_ceil(chunk) {
         // Time range [t0, t1) of this chunk; the reverse direction walks the chunks from the end.
         let (t0, t1) = if reverse {
@@ -617,64 +634,103 @@ fn run_direction(kind: Kind, cell: &Cell, input: &[f32], b: usize, t: usize, d_i
             row.copy_from_slice(&bias);
         }
         matmul(rows, gh, d_in, 1.0, &input[t0 * b * d_in..t1 * b * d_in], Trans::N, &cell.w_ih.value, Trans::T, 1.0, &mut gates[..rows * gh]);
-        for k in 0..(t1 - t0) {
-            let tt = if reverse { t1 - 1 - k } else { t0 + k };
-            let prev = if s == 0 {
-                None
-            } else if reverse {
-                Some(tt + 1)
-            } else {
-                Some(tt - 1)
-            };
-            s += 1;
-            // Split so that the previous step's states can be read while this step's are written.
-            let (h_prev, h_cur): (&[f32], &mut [f32]) = split_prev_cur(&mut hs, prev, tt, step, &h0);
-            let g_t = &mut gates[(tt - t0) * b * gh..(tt - t0 + 1) * b * gh];
-            match kind {
-                Kind::Lstm => {
-                    packed_matmul_acc(b, h_prev, h, &cell.w_hh_t, g_t, gh);
-                    let (c_prev, c_cur): (&[f32], &mut [f32]) = if keep { split_prev_cur(&mut cs, prev, tt, step, &c0) } else { (&c_a, &mut c_b) };
-                    for bi in 0..b {
-                        lstm_pointwise(
-                            &mut g_t[bi * gh..(bi + 1) * gh],
-                            &mut c_cur[bi * h..(bi + 1) * h],
-                            Some(&c_prev[bi * h..(bi + 1) * h]),
-                            &mut h_cur[bi * h..(bi + 1) * h],
-                            h,
-                        );
-                    }
-                    if !keep {
-                        std::mem::swap(&mut c_a, &mut c_b);
-                    }
-                }
-                Kind::Gru => {
-                    for row in hw.chunks_exact_mut(gh) {
-                        match &cell.b_hh {
-                            Some(bias) => row.copy_from_slice(&bias.value),
-                            None => row.iter_mut().for_each(|v| *v = 0.0),
+        let (gp, hp, cp, ppp, hnp, hwp) = (
+            team::Shared(gates.as_mut_ptr()),
+            team::Shared(hs.as_mut_ptr()),
+            if keep && lstm { team::Shared(cs.as_mut_ptr()) } else { team::Shared::null() },
+            if !keep && lstm { team::Shared(c_pp.as_mut_ptr()) } else { team::Shared::null() },
+            if keep && !lstm { team::Shared(hn.as_mut_ptr()) } else { team::Shared::null() },
+            team::Shared(hw.as_mut_ptr()),
+        );
+        let barrier = team::SpinBarrier::new(n);
+        let (h0, c0) = (&h0, &c0);
+        team::run_team(n, |k| {
+            let u = team::units(k, n, h);
+            let w = u.len();
+            for kk in 0..(t1 - t0) {
+                let s = done + kk;
+                let tt = if reverse { t1 - 1 - kk } else { t0 + kk };
+                let prev = if s == 0 {
+                    None
+                } else if reverse {
+                    Some(tt + 1)
+                } else {
+                    Some(tt - 1)
+                };
+                // SAFETY (every block below): thread k writes only the columns of its units `u` (gate columns
+                // g*H + u of `gates`/`hw`, columns u of the (B, H) blocks), and reads other threads' h_{t-1}
+                // only after the barrier that ended the previous step.
+                unsafe {
+                    let h_prev: &[f32] = match prev {
+                        Some(p) => hp.slice(p * step, step),
+                        None => h0,
+                    };
+                    let g_off = (tt - t0) * b * gh;
+                    match kind {
+                        Kind::Lstm => {
+                            team::gate_columns_acc(b, h_prev, h, &cell.w_hh_t, g_count, h, u.clone(), team::Shared(gp.0.add(g_off)), gh);
+                            for bi in 0..b {
+                                let row = g_off + bi * gh;
+                                let (c_prev, c_cur): (&[f32], &mut [f32]) = if keep {
+                                    let c_prev = match prev {
+                                        Some(p) => cp.slice(p * step + bi * h + u.start, w),
+                                        None => &c0[bi * h + u.start..bi * h + u.end],
+                                    };
+                                    (c_prev, cp.slice_mut(tt * step + bi * h + u.start, w))
+                                } else {
+                                    (ppp.slice((s % 2) * step + bi * h + u.start, w), ppp.slice_mut(((s + 1) % 2) * step + bi * h + u.start, w))
+                                };
+                                lstm_pointwise(
+                                    gp.slice_mut(row + u.start, w),
+                                    gp.slice_mut(row + h + u.start, w),
+                                    gp.slice_mut(row + 2 * h + u.start, w),
+                                    gp.slice_mut(row + 3 * h + u.start, w),
+                                    Some(c_prev),
+                                    c_cur,
+                                    hp.slice_mut(tt * step + bi * h + u.start, w),
+                                );
+                            }
+                        }
+                        Kind::Gru => {
+                            for bi in 0..b {
+                                for g in 0..g_count {
+                                    let dst = hwp.slice_mut(bi * gh + g * h + u.start, w);
+                                    match &cell.b_hh {
+                                        Some(bias) => dst.copy_from_slice(&bias.value[g * h + u.start..g * h + u.end]),
+                                        None => dst.iter_mut().for_each(|v| *v = 0.0),
+                                    }
+                                }
+                            }
+                            team::gate_columns_acc(b, h_prev, h, &cell.w_hh_t, g_count, h, u.clone(), hwp, gh);
+                            for bi in 0..b {
+                                let row = g_off + bi * gh;
+                                let hw_row = bi * gh;
+                                if keep {
+                                    hnp.slice_mut(tt * step + bi * h + u.start, w).copy_from_slice(hwp.slice(hw_row + 2 * h + u.start, w));
+                                }
+                                gru_pointwise(
+                                    gp.slice_mut(row + u.start, w),
+                                    gp.slice_mut(row + h + u.start, w),
+                                    gp.slice_mut(row + 2 * h + u.start, w),
+                                    hwp.slice(hw_row + u.start, w),
+                                    hwp.slice(hw_row + h + u.start, w),
+                                    hwp.slice(hw_row + 2 * h + u.start, w),
+                                    Some(&h_prev[bi * h + u.start..bi * h + u.end]),
+                                    hp.slice_mut(tt * step + bi * h + u.start, w),
+                                );
+                            }
                         }
                     }
-                    packed_matmul_acc(b, h_prev, h, &cell.w_hh_t, &mut hw, gh);
-                    for bi in 0..b {
-                        if keep {
-                            hn[tt * step + bi * h..tt * step + (bi + 1) * h].copy_from_slice(&hw[bi * gh + 2 * h..(bi + 1) * gh]);
-                        }
-                        gru_pointwise(
-                            &mut g_t[bi * gh..(bi + 1) * gh],
-                            &hw[bi * gh..(bi + 1) * gh],
-                            Some(&h_prev[bi * h..(bi + 1) * h]),
-                            &mut h_cur[bi * h..(bi + 1) * h],
-                            h,
-                        );
-                    }
                 }
+                barrier.wait();
             }
-        }
+        });
+        done += t1 - t0;
     }
-    // Cell state after the last processed step (c_a holds it after the final swap in inference mode).
+    // Cell state after the last processed step.
     let c_last = match (lstm, keep) {
         (false, _) => Vec::new(),
-        (true, false) => c_a,
+        (true, false) => c_pp[(t % 2) * step..(t % 2 + 1) * step].to_vec(),
         (true, true) if t == 0 => c0.clone(),
         (true, true) => {
             let last = if reverse { 0 } else { t - 1 };
@@ -682,22 +738,6 @@ fn run_direction(kind: Kind, cell: &Cell, input: &[f32], b: usize, t: usize, d_i
         }
     };
     DirCache { gates: if keep { gates } else { Vec::new() }, c: cs, hn, h: hs, h0, c0, c_last }
-}
-
-/// Splits a `(T, B, H)` buffer into the (read-only) block of step `prev` — or `init` when there is none —
-/// and the (mutable) block of step `cur`.
-fn split_prev_cur<'a>(buf: &'a mut [f32], prev: Option<usize>, cur: usize, step: usize, init: &'a [f32]) -> (&'a [f32], &'a mut [f32]) {
-    match prev {
-        None => (init, &mut buf[cur * step..(cur + 1) * step]),
-        Some(p) if p < cur => {
-            let (lo, hi) = buf.split_at_mut(cur * step);
-            (&lo[p * step..(p + 1) * step], &mut hi[..step])
-        }
-        Some(p) => {
-            let (lo, hi) = buf.split_at_mut(p * step);
-            (&hi[..step], &mut lo[cur * step..(cur + 1) * step])
-        }
-    }
 }
 
 /// BPTT for one direction. `input (T, B, D_in)`, `dh_out (T, B, H)` the gradient w.r.t. this direction's
@@ -713,6 +753,7 @@ fn backward_direction(
     t: usize,
     d_in: usize,
     reverse: bool,
+    directions: usize,
     dx: &mut [f32],
 ) {
     let h = cell.w_hh.shape[1];
@@ -722,82 +763,112 @@ fn backward_direction(
     // projection (T, B, G*H) — identical for LSTM, different in the n gate for GRU.
     let mut dxw = vec![0.0; t * b * gh];
     let mut dhw = if kind == Kind::Gru { vec![0.0; t * b * gh] } else { Vec::new() };
-    let mut dh = vec![0.0; step]; // (B, H) gradient flowing to h_{t-1}
-    let mut dc = vec![0.0; if kind == Kind::Lstm { step } else { 0 }]; // (B, H) to c_{t-1}
-    let mut dh_next = vec![0.0; step];
-    for s in (0..t).rev() {
-        let tt = if reverse { t - 1 - s } else { s };
-        let prev = if s == 0 {
-            None
-        } else if reverse {
-            Some(tt + 1)
-        } else {
-            Some(tt - 1)
-        };
-        let g_t = &cache.gates[tt * b * gh..(tt + 1) * b * gh];
-        let dy_t = &dh_out[tt * step..(tt + 1) * step];
-        match kind {
-            Kind::Lstm => {
-                let c_t = &cache.c[tt * step..(tt + 1) * step];
-                let c_prev = match prev {
-                    Some(p) => &cache.c[p * step..(p + 1) * step],
-                    None => &cache.c0[..],
-                };
-                let dg_t = &mut dxw[tt * b * gh..(tt + 1) * b * gh];
-                for bi in 0..b {
-                    let gr = &g_t[bi * gh..(bi + 1) * gh];
-                    let dgr = &mut dg_t[bi * gh..(bi + 1) * gh];
-                    for j in 0..h {
-                        let k = bi * h + j;
-                        let (i, f, g, o) = (gr[j], gr[h + j], gr[2 * h + j], gr[3 * h + j]);
-                        let dh_total = dy_t[k] + dh[k];
-                        let tc = tanh(c_t[k]);
-                        let dct = dc[k] + dh_total * o * (1.0 - tc * tc);
-                        dgr[j] = dct * g * i * (1.0 - i);
-                        dgr[h + j] = dct * c_prev[k] * f * (1.0 - f);
-                        dgr[2 * h + j] = dct * i * (1.0 - g * g);
-                        dgr[3 * h + j] = dh_total * tc * o * (1.0 - o);
-                        dc[k] = dct * f;
+    // (B, H) gradients flowing to h_{t-1} (two buffers, swapped every step) and to c_{t-1} (LSTM).
+    let mut dh_pp = vec![0.0; 2 * step];
+    let mut dc = vec![0.0; if kind == Kind::Lstm { step } else { 0 }];
+    let n = team::team_size(b, h, gh, directions);
+    let barrier = team::SpinBarrier::new(n);
+    let (dxp, dhwp, dhp, dcp) = (
+        team::Shared(dxw.as_mut_ptr()),
+        if kind == Kind::Gru { team::Shared(dhw.as_mut_ptr()) } else { team::Shared(dxw.as_mut_ptr()) },
+        team::Shared(dh_pp.as_mut_ptr()),
+        team::Shared(dc.as_mut_ptr()),
+    );
+    let w_hh_p = &cell.w_hh_p;
+    team::run_team(n, |k| {
+        let u = team::units(k, n, h);
+        let (mut cur, mut nxt) = (0usize, step); // offsets of dh and dh_next in dh_pp
+        for s in (0..t).rev() {
+            let tt = if reverse { t - 1 - s } else { s };
+            let prev = if s == 0 {
+                None
+            } else if reverse {
+                Some(tt + 1)
+            } else {
+                Some(tt - 1)
+            };
+            let g_t = &cache.gates[tt * b * gh..(tt + 1) * b * gh];
+            let dy_t = &dh_out[tt * step..(tt + 1) * step];
+            let row0 = tt * b * gh;
+            // Phase 1, this thread's units: pre-activation gate gradients (and the direct part of dh_{t-1}).
+            // SAFETY (this block and phase 2): thread k writes only its units' columns (gate columns
+            // g*H + u of dxw/dhw, columns u of dh_pp and dc); phase 2 reads other threads' gate columns only
+            // after the barrier below.
+            unsafe {
+                match kind {
+                    Kind::Lstm => {
+                        let c_t = &cache.c[tt * step..(tt + 1) * step];
+                        let c_prev = match prev {
+                            Some(p) => &cache.c[p * step..(p + 1) * step],
+                            None => &cache.c0[..],
+                        };
+                        let w = u.len();
+                        for bi in 0..b {
+                            let gr = &g_t[bi * gh..(bi + 1) * gh];
+                            let r = row0 + bi * gh + u.start;
+                            let (dgi, dgf, dgg, dgo) = (dxp.slice_mut(r, w), dxp.slice_mut(r + h, w), dxp.slice_mut(r + 2 * h, w), dxp.slice_mut(r + 3 * h, w));
+                            let dh = dhp.slice(cur + bi * h + u.start, w);
+                            let dc = dcp.slice_mut(bi * h + u.start, w);
+                            dhp.slice_mut(nxt + bi * h + u.start, w).iter_mut().for_each(|v| *v = 0.0);
+                            for jj in 0..w {
+                                let (j, kk) = (u.start + jj, bi * h + u.start + jj);
+                                let (i, f, g, o) = (gr[j], gr[h + j], gr[2 * h + j], gr[3 * h + j]);
+                                let dh_total = dy_t[kk] + dh[jj];
+                                let tc = tanh(c_t[kk]);
+                                let dct = dc[jj] + dh_total * o * (1.0 - tc * tc);
+                                dgi[jj] = dct * g * i * (1.0 - i);
+                                dgf[jj] = dct * c_prev[kk] * f * (1.0 - f);
+                                dgg[jj] = dct * i * (1.0 - g * g);
+                                dgo[jj] = dh_total * tc * o * (1.0 - o);
+                                dc[jj] = dct * f;
+                            }
+                        }
+                    }
+                    Kind::Gru => {
+                        let hn_t = &cache.hn[tt * step..(tt + 1) * step];
+                        let h_prev = match prev {
+                            Some(p) => &cache.h[p * step..(p + 1) * step],
+                            None => &cache.h0[..],
+                        };
+                        let w = u.len();
+                        for bi in 0..b {
+                            let gr = &g_t[bi * gh..(bi + 1) * gh];
+                            let r = row0 + bi * gh + u.start;
+                            let (dxr, dxz, dxn) = (dxp.slice_mut(r, w), dxp.slice_mut(r + h, w), dxp.slice_mut(r + 2 * h, w));
+                            let (dhr, dhz, dhn) = (dhwp.slice_mut(r, w), dhwp.slice_mut(r + h, w), dhwp.slice_mut(r + 2 * h, w));
+                            let dh = dhp.slice(cur + bi * h + u.start, w);
+                            let dh_next = dhp.slice_mut(nxt + bi * h + u.start, w);
+                            for jj in 0..w {
+                                let (j, kk) = (u.start + jj, bi * h + u.start + jj);
+                                let (r, z, nn) = (gr[j], gr[h + j], gr[2 * h + j]);
+                                let dh_total = dy_t[kk] + dh[jj];
+                                let dn = dh_total * (1.0 - z);
+                                let dz = dh_total * (h_prev[kk] - nn);
+                                let dan = dn * (1.0 - nn * nn);
+                                let dar = dan * hn_t[kk] * r * (1.0 - r);
+                                let daz = dz * z * (1.0 - z);
+                                dxr[jj] = dar;
+                                dxz[jj] = daz;
+                                dxn[jj] = dan;
+                                dhr[jj] = dar;
+                                dhz[jj] = daz;
+                                dhn[jj] = dan * r;
+                                dh_next[jj] = dh_total * z;
+                            }
+                        }
                     }
                 }
-                dh_next.iter_mut().for_each(|v| *v = 0.0);
-                packed_matmul_acc(b, dg_t, gh, &cell.w_hh_p, &mut dh_next, h);
             }
-            Kind::Gru => {
-                let hn_t = &cache.hn[tt * step..(tt + 1) * step];
-                let h_prev = match prev {
-                    Some(p) => &cache.h[p * step..(p + 1) * step],
-                    None => &cache.h0[..],
-                };
-                let dxw_t = &mut dxw[tt * b * gh..(tt + 1) * b * gh];
-                let dhw_t = &mut dhw[tt * b * gh..(tt + 1) * b * gh];
-                dh_next.iter_mut().for_each(|v| *v = 0.0);
-                for bi in 0..b {
-                    let gr = &g_t[bi * gh..(bi + 1) * gh];
-                    for j in 0..h {
-                        let k = bi * h + j;
-                        let (r, z, n) = (gr[j], gr[h + j], gr[2 * h + j]);
-                        let dh_total = dy_t[k] + dh[k];
-                        let dn = dh_total * (1.0 - z);
-                        let dz = dh_total * (h_prev[k] - n);
-                        let dan = dn * (1.0 - n * n);
-                        let dar = dan * hn_t[k] * r * (1.0 - r);
-                        let daz = dz * z * (1.0 - z);
-                        let o = bi * gh;
-                        dxw_t[o + j] = dar;
-                        dxw_t[o + h + j] = daz;
-                        dxw_t[o + 2 * h + j] = dan;
-                        dhw_t[o + j] = dar;
-                        dhw_t[o + h + j] = daz;
-                        dhw_t[o + 2 * h + j] = dan * r;
-                        dh_next[k] = dh_total * z;
-                    }
-                }
-                packed_matmul_acc(b, dhw_t, gh, &cell.w_hh_p, &mut dh_next, h);
+            barrier.wait();
+            // Phase 2, this thread's units: dh_{t-1}[:, u] += dG_t (B, G*H) · W_hh[:, u].
+            unsafe {
+                let dg_t = dhwp.slice(row0, b * gh);
+                let panels = if u.start == 0 && u.end == h { 0..h.div_ceil(PANEL) } else { u.start / PANEL..u.end.div_ceil(PANEL) };
+                packed_panels_acc(b, dg_t, gh, w_hh_p, panels, dhp.0.add(nxt), h);
             }
+            std::mem::swap(&mut cur, &mut nxt);
         }
-        std::mem::swap(&mut dh, &mut dh_next);
-    }
+    });
     // h_{t-1} for every t at its time index: (T, B, H).
     let mut h_prev_all = vec![0.0; t * step];
     for tt in 0..t {
@@ -874,6 +945,8 @@ pub fn tb_to_bt(src: &[f32], b: usize, t: usize, d: usize, dst: &mut [f32]) {
 fn tb_to_bt_inverse(src: &[f32], b: usize, t: usize, d: usize, dst: &mut [f32]) {
     bt_to_tb(src, b, t, d, dst)
 }
+
+mod team;
 
 #[cfg(test)]
 mod tests;
