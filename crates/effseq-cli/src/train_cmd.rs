@@ -19,7 +19,7 @@ use crate::progress::TrainProgress;
 /// Arguments of `effseq train`. Every flag overrides the config file, which overrides the defaults.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Model architecture: lstm or gru [default: lstm].
+    /// Model architecture: lstm, gru or tcn [default: lstm].
     #[arg(long, value_parser = parse_model)]
     pub model: Option<ModelKind>,
     /// Task: adding, copy, digits, smnist or forecast [default: adding].
@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// Seed of initialisation, data and dropout [default: 0].
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
-    /// Hidden size H per layer and direction [default: 128].
+    /// Width: hidden size H per layer and direction (LSTM/GRU), or channels per level (TCN) [default: 128].
     #[arg(long, value_name = "H")]
     pub hidden: Option<usize>,
     /// Stacked recurrent layers [default: 1].

@@ -642,12 +642,12 @@ fn run_direction(
             if keep && !lstm { team::Shared(hn.as_mut_ptr()) } else { team::Shared::null() },
             team::Shared(hw.as_mut_ptr()),
         );
-        let barrier = team::SpinBarrier::new(n);
         let (h0, c0) = (&h0, &c0);
-        team::run_team(n, |k| {
+        // One phase per time step, one chunk of hidden units per thread.
+        team::run_phases(n, t1 - t0, n, |kk, k| {
             let u = team::units(k, n, h);
             let w = u.len();
-            for kk in 0..(t1 - t0) {
+            {
                 let s = done + kk;
                 let tt = if reverse { t1 - 1 - kk } else { t0 + kk };
                 let prev = if s == 0 {
@@ -722,7 +722,6 @@ fn run_direction(
                         }
                     }
                 }
-                barrier.wait();
             }
         });
         done += t1 - t0;
@@ -767,7 +766,6 @@ fn backward_direction(
     let mut dh_pp = vec![0.0; 2 * step];
     let mut dc = vec![0.0; if kind == Kind::Lstm { step } else { 0 }];
     let n = team::team_size(b, h, gh, directions);
-    let barrier = team::SpinBarrier::new(n);
     let (dxp, dhwp, dhp, dcp) = (
         team::Shared(dxw.as_mut_ptr()),
         if kind == Kind::Gru { team::Shared(dhw.as_mut_ptr()) } else { team::Shared(dxw.as_mut_ptr()) },
@@ -775,10 +773,13 @@ fn backward_direction(
         team::Shared(dc.as_mut_ptr()),
     );
     let w_hh_p = &cell.w_hh_p;
-    team::run_team(n, |k| {
+    // Two phases per time step (the pointwise pass, then the product), one chunk of hidden units per thread.
+    team::run_phases(n, 2 * t, n, |phase, k| {
         let u = team::units(k, n, h);
-        let (mut cur, mut nxt) = (0usize, step); // offsets of dh and dh_next in dh_pp
-        for s in (0..t).rev() {
+        let q = phase / 2; // steps processed before this one
+        let s = t - 1 - q;
+        let (cur, nxt) = if q % 2 == 0 { (0, step) } else { (step, 0) }; // offsets of dh and dh_next in dh_pp
+        {
             let tt = if reverse { t - 1 - s } else { s };
             let prev = if s == 0 {
                 None
@@ -790,83 +791,85 @@ fn backward_direction(
             let g_t = &cache.gates[tt * b * gh..(tt + 1) * b * gh];
             let dy_t = &dh_out[tt * step..(tt + 1) * step];
             let row0 = tt * b * gh;
-            // Phase 1, this thread's units: pre-activation gate gradients (and the direct part of dh_{t-1}).
-            // SAFETY (this block and phase 2): thread k writes only its units' columns (gate columns
-            // g*H + u of dxw/dhw, columns u of dh_pp and dc); phase 2 reads other threads' gate columns only
-            // after the barrier below.
-            unsafe {
-                match kind {
-                    Kind::Lstm => {
-                        let c_t = &cache.c[tt * step..(tt + 1) * step];
-                        let c_prev = match prev {
-                            Some(p) => &cache.c[p * step..(p + 1) * step],
-                            None => &cache.c0[..],
-                        };
-                        let w = u.len();
-                        for bi in 0..b {
-                            let gr = &g_t[bi * gh..(bi + 1) * gh];
-                            let r = row0 + bi * gh + u.start;
-                            let (dgi, dgf, dgg, dgo) = (dxp.slice_mut(r, w), dxp.slice_mut(r + h, w), dxp.slice_mut(r + 2 * h, w), dxp.slice_mut(r + 3 * h, w));
-                            let dh = dhp.slice(cur + bi * h + u.start, w);
-                            let dc = dcp.slice_mut(bi * h + u.start, w);
-                            dhp.slice_mut(nxt + bi * h + u.start, w).iter_mut().for_each(|v| *v = 0.0);
-                            for jj in 0..w {
-                                let (j, kk) = (u.start + jj, bi * h + u.start + jj);
-                                let (i, f, g, o) = (gr[j], gr[h + j], gr[2 * h + j], gr[3 * h + j]);
-                                let dh_total = dy_t[kk] + dh[jj];
-                                let tc = tanh(c_t[kk]);
-                                let dct = dc[jj] + dh_total * o * (1.0 - tc * tc);
-                                dgi[jj] = dct * g * i * (1.0 - i);
-                                dgf[jj] = dct * c_prev[kk] * f * (1.0 - f);
-                                dgg[jj] = dct * i * (1.0 - g * g);
-                                dgo[jj] = dh_total * tc * o * (1.0 - o);
-                                dc[jj] = dct * f;
+            // Phase 1, this chunk's units: pre-activation gate gradients (and the direct part of dh_{t-1}).
+            // SAFETY (this block and phase 2): a chunk writes only its units' columns (gate columns g*H + u of
+            // dxw/dhw, columns u of dh_pp and dc); phase 2 reads other chunks' gate columns only after all
+            // chunks of phase 1 finished (run_phases).
+            if phase % 2 == 0 {
+                unsafe {
+                    match kind {
+                        Kind::Lstm => {
+                            let c_t = &cache.c[tt * step..(tt + 1) * step];
+                            let c_prev = match prev {
+                                Some(p) => &cache.c[p * step..(p + 1) * step],
+                                None => &cache.c0[..],
+                            };
+                            let w = u.len();
+                            for bi in 0..b {
+                                let gr = &g_t[bi * gh..(bi + 1) * gh];
+                                let r = row0 + bi * gh + u.start;
+                                let (dgi, dgf, dgg, dgo) =
+                                    (dxp.slice_mut(r, w), dxp.slice_mut(r + h, w), dxp.slice_mut(r + 2 * h, w), dxp.slice_mut(r + 3 * h, w));
+                                let dh = dhp.slice(cur + bi * h + u.start, w);
+                                let dc = dcp.slice_mut(bi * h + u.start, w);
+                                dhp.slice_mut(nxt + bi * h + u.start, w).iter_mut().for_each(|v| *v = 0.0);
+                                for jj in 0..w {
+                                    let (j, kk) = (u.start + jj, bi * h + u.start + jj);
+                                    let (i, f, g, o) = (gr[j], gr[h + j], gr[2 * h + j], gr[3 * h + j]);
+                                    let dh_total = dy_t[kk] + dh[jj];
+                                    let tc = tanh(c_t[kk]);
+                                    let dct = dc[jj] + dh_total * o * (1.0 - tc * tc);
+                                    dgi[jj] = dct * g * i * (1.0 - i);
+                                    dgf[jj] = dct * c_prev[kk] * f * (1.0 - f);
+                                    dgg[jj] = dct * i * (1.0 - g * g);
+                                    dgo[jj] = dh_total * tc * o * (1.0 - o);
+                                    dc[jj] = dct * f;
+                                }
                             }
                         }
-                    }
-                    Kind::Gru => {
-                        let hn_t = &cache.hn[tt * step..(tt + 1) * step];
-                        let h_prev = match prev {
-                            Some(p) => &cache.h[p * step..(p + 1) * step],
-                            None => &cache.h0[..],
-                        };
-                        let w = u.len();
-                        for bi in 0..b {
-                            let gr = &g_t[bi * gh..(bi + 1) * gh];
-                            let r = row0 + bi * gh + u.start;
-                            let (dxr, dxz, dxn) = (dxp.slice_mut(r, w), dxp.slice_mut(r + h, w), dxp.slice_mut(r + 2 * h, w));
-                            let (dhr, dhz, dhn) = (dhwp.slice_mut(r, w), dhwp.slice_mut(r + h, w), dhwp.slice_mut(r + 2 * h, w));
-                            let dh = dhp.slice(cur + bi * h + u.start, w);
-                            let dh_next = dhp.slice_mut(nxt + bi * h + u.start, w);
-                            for jj in 0..w {
-                                let (j, kk) = (u.start + jj, bi * h + u.start + jj);
-                                let (r, z, nn) = (gr[j], gr[h + j], gr[2 * h + j]);
-                                let dh_total = dy_t[kk] + dh[jj];
-                                let dn = dh_total * (1.0 - z);
-                                let dz = dh_total * (h_prev[kk] - nn);
-                                let dan = dn * (1.0 - nn * nn);
-                                let dar = dan * hn_t[kk] * r * (1.0 - r);
-                                let daz = dz * z * (1.0 - z);
-                                dxr[jj] = dar;
-                                dxz[jj] = daz;
-                                dxn[jj] = dan;
-                                dhr[jj] = dar;
-                                dhz[jj] = daz;
-                                dhn[jj] = dan * r;
-                                dh_next[jj] = dh_total * z;
+                        Kind::Gru => {
+                            let hn_t = &cache.hn[tt * step..(tt + 1) * step];
+                            let h_prev = match prev {
+                                Some(p) => &cache.h[p * step..(p + 1) * step],
+                                None => &cache.h0[..],
+                            };
+                            let w = u.len();
+                            for bi in 0..b {
+                                let gr = &g_t[bi * gh..(bi + 1) * gh];
+                                let r = row0 + bi * gh + u.start;
+                                let (dxr, dxz, dxn) = (dxp.slice_mut(r, w), dxp.slice_mut(r + h, w), dxp.slice_mut(r + 2 * h, w));
+                                let (dhr, dhz, dhn) = (dhwp.slice_mut(r, w), dhwp.slice_mut(r + h, w), dhwp.slice_mut(r + 2 * h, w));
+                                let dh = dhp.slice(cur + bi * h + u.start, w);
+                                let dh_next = dhp.slice_mut(nxt + bi * h + u.start, w);
+                                for jj in 0..w {
+                                    let (j, kk) = (u.start + jj, bi * h + u.start + jj);
+                                    let (r, z, nn) = (gr[j], gr[h + j], gr[2 * h + j]);
+                                    let dh_total = dy_t[kk] + dh[jj];
+                                    let dn = dh_total * (1.0 - z);
+                                    let dz = dh_total * (h_prev[kk] - nn);
+                                    let dan = dn * (1.0 - nn * nn);
+                                    let dar = dan * hn_t[kk] * r * (1.0 - r);
+                                    let daz = dz * z * (1.0 - z);
+                                    dxr[jj] = dar;
+                                    dxz[jj] = daz;
+                                    dxn[jj] = dan;
+                                    dhr[jj] = dar;
+                                    dhz[jj] = daz;
+                                    dhn[jj] = dan * r;
+                                    dh_next[jj] = dh_total * z;
+                                }
                             }
                         }
                     }
                 }
+            } else {
+                // Phase 2, this chunk's units: dh_{t-1}[:, u] += dG_t (B, G*H) · W_hh[:, u].
+                unsafe {
+                    let dg_t = dhwp.slice(row0, b * gh);
+                    let panels = if u.start == 0 && u.end == h { 0..h.div_ceil(PANEL) } else { u.start / PANEL..u.end.div_ceil(PANEL) };
+                    packed_panels_acc(b, dg_t, gh, w_hh_p, panels, dhp.0.add(nxt), h);
+                }
             }
-            barrier.wait();
-            // Phase 2, this thread's units: dh_{t-1}[:, u] += dG_t (B, G*H) · W_hh[:, u].
-            unsafe {
-                let dg_t = dhwp.slice(row0, b * gh);
-                let panels = if u.start == 0 && u.end == h { 0..h.div_ceil(PANEL) } else { u.start / PANEL..u.end.div_ceil(PANEL) };
-                packed_panels_acc(b, dg_t, gh, w_hh_p, panels, dhp.0.add(nxt), h);
-            }
-            std::mem::swap(&mut cur, &mut nxt);
         }
     });
     // h_{t-1} for every t at its time index: (T, B, H).

@@ -2,66 +2,66 @@
 //!
 //! A time step of an RNN is too short (tens of microseconds at B = 8, H = 256) for a fork and join per step:
 //! waking a sleeping pool thread costs about as much as the step. Instead the whole time loop runs on a team
-//! of OS threads (the caller plus `n - 1` scoped threads) that meet at a spinning barrier once per step.
-//! Thread `k` owns the hidden units `units(k)`: it computes the recurrent product only for the gate columns
-//! of its units and then their pointwise update, so all writes of a step are disjoint between threads and
-//! one barrier per step (h_t complete) suffices. Backward needs the full `dG_t` row for `dh_{t-1}`, so it
-//! meets once per step between the pointwise pass and the product.
+//! of OS threads (the caller plus `n - 1` scoped threads) that share the steps' work through two counters
+//! ([`run_phases`]). Each step is split into chunks of hidden units: a chunk computes the recurrent product
+//! only for the gate columns of its units and then their pointwise update, so all writes of a step are
+//! disjoint between chunks, and a step may start once every chunk of the previous one is done (h_{t-1}
+//! complete). Backward needs the full `dG_t` row for `dh_{t-1}`, so each of its steps is two phases: the
+//! pointwise pass, then the product.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::linalg::{packed_panels_acc, PackedPanels, PANEL};
 
-/// A sense-counting barrier that spins (then yields) instead of sleeping: the wait between two time steps
-/// is a few microseconds.
-pub(super) struct SpinBarrier {
-    n: usize,
-    arrived: AtomicUsize,
-    generation: AtomicUsize,
-}
-
-impl SpinBarrier {
-    pub(super) fn new(n: usize) -> Self {
-        SpinBarrier { n, arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0) }
-    }
-
-    /// Blocks until all `n` threads have called `wait` for this generation. Every write made before `wait` by
-    /// any thread is visible to every thread after it (release/acquire through `arrived` and `generation`).
-    pub(super) fn wait(&self) {
-        if self.n == 1 {
-            return;
-        }
-        let gen = self.generation.load(Ordering::Acquire);
-        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
-            self.arrived.store(0, Ordering::Relaxed);
-            self.generation.fetch_add(1, Ordering::Release);
-        } else {
-            let mut spins = 0u32;
-            while self.generation.load(Ordering::Acquire) == gen {
-                if spins < 1 << 14 {
-                    std::hint::spin_loop();
-                    spins += 1;
-                } else {
-                    // Another process has the other core: give it back instead of burning a time slice.
-                    std::thread::yield_now();
-                }
+/// Runs `work(phase, chunk)` for every `phase in 0..phases` and `chunk in 0..chunks`, on `n` threads (the
+/// caller and `n - 1` scoped threads), where no chunk of a phase starts before every chunk of the previous
+/// phase has finished. Chunks are claimed from a shared counter rather than assigned: a thread that the OS
+/// has descheduled simply claims nothing, and the others do its share, so a busy machine slows the loop down
+/// gracefully instead of stalling every step on the absent thread.
+pub(super) fn run_phases(n: usize, phases: usize, chunks: usize, work: impl Fn(usize, usize) + Sync) {
+    if n == 1 {
+        for p in 0..phases {
+            for c in 0..chunks {
+                work(p, c);
             }
         }
-    }
-}
-
-/// Runs `body(k)` for `k in 0..n`, `k = 0` on the calling thread, the others on scoped threads.
-pub(super) fn run_team(n: usize, body: impl Fn(usize) + Sync) {
-    if n == 1 {
-        body(0);
         return;
     }
-    std::thread::scope(|s| {
-        let body = &body;
-        for k in 1..n {
-            s.spawn(move || body(k));
+    let total = phases * chunks;
+    let next = AtomicUsize::new(0); // next chunk to claim, in (phase, chunk) order
+    let done = AtomicUsize::new(0); // chunks finished
+    let wait_for_phase = |p: usize| {
+        let mut spins = 0u32;
+        // Acquire: everything the finished chunks wrote is visible after this.
+        while done.load(Ordering::Acquire) < p * chunks {
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
         }
-        body(0);
+    };
+    let worker = || loop {
+        // Wait until the phase of the next chunk is open, then claim a chunk (usually that one).
+        let peek = next.load(Ordering::Relaxed);
+        if peek >= total {
+            break;
+        }
+        wait_for_phase(peek / chunks);
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= total {
+            break;
+        }
+        wait_for_phase(i / chunks);
+        work(i / chunks, i % chunks);
+        done.fetch_add(1, Ordering::Release);
+    };
+    std::thread::scope(|s| {
+        for _ in 1..n {
+            s.spawn(worker);
+        }
+        worker();
     });
 }
 
