@@ -62,7 +62,25 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Tells glibc's allocator to keep freed memory for reuse instead of returning it to the kernel.
+///
+/// Training allocates and frees the same large activation buffers (tens of MiB) at every step. By default
+/// glibc serves those with fresh `mmap`s and unmaps them on free, so every step pays a page fault and a
+/// zero-fill per 4 KiB page: measured on the LSTM benchmark (B = 8, T = 1024, H = 256) that is 250 ms per
+/// forward+backward instead of 175 ms. Raising the mmap and trim thresholds makes the buffers come back from
+/// the heap, already mapped.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     // clap prints its own usage errors and exits with code 2 (0 for --help and --version).
     let cli = Cli::parse();
     match dispatch(cli) {
