@@ -11,13 +11,11 @@
 //! Tolerance: an element passes when |got - want| <= 1e-5 * max(1, |want|) (absolute below 1, relative above),
 //! as for the RNN fixtures.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
 
 use effseq::bench::alloc::{thread_calls, CountingAllocator};
 use effseq::tcn::{Tcn, TcnConfig};
 use effseq::Module;
-use safetensors::{Dtype, SafeTensors};
 
 /// Counts allocations, for `step_does_not_allocate`; forwards everything to the system allocator.
 #[global_allocator]
@@ -31,176 +29,35 @@ const FIXTURE_MAGIC: &str = "effseq-tcn-fixture";
 /// The fixture layout these tests understand (`FIXTURE_VERSION` in make_tcn_fixtures.py).
 const FIXTURE_VERSION: &str = "1";
 
-/// Relative tolerance: |got - want| <= RTOL * max(1, |want|).
-const RTOL: f32 = 1e-5;
+mod common;
 
-/// Directory holding the fixtures and the script that writes them.
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+use common::*;
+
+/// The TCN configuration a fixture was made with (no dropout).
+fn tcn_config(fixture: &Fixture) -> TcnConfig {
+    TcnConfig {
+        input: fixture.meta_usize("input"),
+        channels: fixture.meta_str("channels").split(',').map(|c| fixture.count("channels", c)).collect(),
+        kernel_size: fixture.meta_usize("kernel_size"),
+        dropout: 0.0,
+    }
 }
 
-/// One float32 tensor read from a fixture: row-major `values` of `shape`.
-struct Tensor {
-    shape: Vec<usize>,
-    values: Vec<f32>,
-}
-
-/// A fixture file read into memory: its bytes and its string metadata.
-struct Fixture {
-    /// File name, for messages.
-    name: String,
-    /// The whole safetensors file.
-    bytes: Vec<u8>,
-    /// The safetensors `__metadata__` map (magic, version, sizes, torch version, ...).
-    meta: HashMap<String, String>,
-}
-
-impl Fixture {
-    /// Reads `tests/fixtures/<name>` and checks its magic and version.
-    fn load(name: &str) -> Fixture {
-        let path = fixtures_dir().join(name);
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read fixture {}: {e} (regenerate with make_tcn_fixtures.py)", path.display()));
-        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| panic!("{name}: not a safetensors file: {e:?}"));
-        let meta = header.metadata().clone().unwrap_or_else(|| panic!("{name}: no __metadata__ in the header"));
-        let fixture = Fixture { name: name.to_string(), bytes, meta };
-        assert_eq!(fixture.meta_str("magic"), FIXTURE_MAGIC, "{name}: wrong magic");
-        assert_eq!(fixture.meta_str("version"), FIXTURE_VERSION, "{name}: unsupported fixture version");
-        fixture
-    }
-
-    /// A metadata value that must be present.
-    fn meta_str(&self, key: &str) -> &str {
-        self.meta.get(key).unwrap_or_else(|| panic!("{}: metadata key '{key}' missing", self.name))
-    }
-
-    /// Parses a count.
-    fn count(&self, key: &str, value: &str) -> usize {
-        value.parse().unwrap_or_else(|e| panic!("{}: metadata {key}='{value}' is not a count: {e}", self.name))
-    }
-
-    /// A metadata value parsed as a count.
-    fn meta_usize(&self, key: &str) -> usize {
-        self.count(key, self.meta_str(key))
-    }
-
-    /// The TCN configuration the fixture was made with (no dropout).
-    fn config(&self) -> TcnConfig {
-        TcnConfig {
-            input: self.meta_usize("input"),
-            channels: self.meta_str("channels").split(',').map(|c| self.count("channels", c)).collect(),
-            kernel_size: self.meta_usize("kernel_size"),
-            dropout: 0.0,
-        }
-    }
-
-    /// Batch size B and sequence length T of `x`.
-    fn batch_and_time(&self) -> (usize, usize) {
-        (self.meta_usize("batch"), self.meta_usize("time"))
-    }
-
-    /// PyTorch's parameter names, in PyTorch's order (`named_parameters()`).
-    fn param_names(&self) -> Vec<String> {
-        self.meta_str("params").split(',').map(str::to_string).collect()
-    }
-
-    /// The parsed safetensors view of the file.
-    fn tensors(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).unwrap_or_else(|e| panic!("{}: corrupt safetensors: {e:?}", self.name))
-    }
-
-    /// The float32 tensor `name`, decoded from little-endian bytes.
-    fn tensor(&self, name: &str) -> Tensor {
-        let tensors = self.tensors();
-        let view = tensors.tensor(name).unwrap_or_else(|e| panic!("{}: no tensor '{name}': {e:?}", self.name));
-        assert_eq!(view.dtype(), Dtype::F32, "{}: tensor '{name}' is not F32", self.name);
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        let shape = view.shape().to_vec();
-        assert_eq!(values.len(), shape.iter().product::<usize>(), "{}: tensor '{name}' size", self.name);
-        Tensor { shape, values }
-    }
+/// Reads a TCN fixture.
+fn load_fixture(name: &str) -> Fixture {
+    Fixture::load(name, FIXTURE_MAGIC, FIXTURE_VERSION, "make_tcn_fixtures.py")
 }
 
 /// A `Tcn` built from the fixture's config with every parameter loaded from the fixture by name.
 fn tcn_from_fixture(fixture: &Fixture) -> Tcn {
-    let mut tcn = Tcn::new(&fixture.config(), 0).unwrap_or_else(|e| panic!("{}: Tcn::new: {e}", fixture.name));
-    for param in tcn.params_mut() {
-        let tensor = fixture.tensor(&param.name);
-        param.load(&tensor.shape, &tensor.values).unwrap_or_else(|e| panic!("{}: loading '{}': {e}", fixture.name, param.name));
-    }
+    let mut tcn = Tcn::new(&tcn_config(fixture), 0).unwrap_or_else(|e| panic!("{}: Tcn::new: {e}", fixture.name));
+    load_params(&mut tcn, fixture);
     tcn
-}
-
-/// The worst element of one comparison.
-struct Worst {
-    /// max over elements of |got - want| / max(1, |want|).
-    error: f32,
-    /// Flat index of that element.
-    index: usize,
-    got: f32,
-    want: f32,
-}
-
-/// Compares `got` with the fixture tensor `want`; returns the worst element, or a message if the lengths differ.
-fn worst_error(got: &[f32], want: &Tensor) -> Result<Worst, String> {
-    if got.len() != want.values.len() {
-        return Err(format!("length {} but the fixture's shape {:?} has {}", got.len(), want.shape, want.values.len()));
-    }
-    let mut worst = Worst { error: 0.0, index: 0, got: 0.0, want: 0.0 };
-    for (index, (&g, &w)) in got.iter().zip(&want.values).enumerate() {
-        let error = (g - w).abs() / w.abs().max(1.0);
-        // A NaN difference counts as the worst possible error.
-        if error.is_nan() || error > worst.error {
-            worst = Worst { error, index, got: g, want: w };
-            if error.is_nan() {
-                break;
-            }
-        }
-    }
-    Ok(worst)
-}
-
-/// Collects per-tensor comparisons of one fixture and panics with all of them if any tensor is out of tolerance.
-struct Report {
-    fixture: String,
-    /// One line per compared tensor, `(tensor name, line)`.
-    lines: Vec<(String, String)>,
-    failed: usize,
-}
-
-impl Report {
-    /// An empty report for `fixture`.
-    fn new(fixture: &Fixture) -> Report {
-        Report { fixture: fixture.name.clone(), lines: Vec::new(), failed: 0 }
-    }
-
-    /// Compares our `got` with the fixture's tensor `name` and records the worst error.
-    fn check(&mut self, fixture: &Fixture, name: &str, got: &[f32]) {
-        let want = fixture.tensor(name);
-        let (ok, line) = match worst_error(got, &want) {
-            Ok(w) => (w.error <= RTOL, format!("worst error {:.3e} at flat index {} of {:?} (got {}, want {})", w.error, w.index, want.shape, w.got, w.want)),
-            Err(msg) => (false, msg),
-        };
-        if !ok {
-            self.failed += 1;
-        }
-        self.lines.push((name.to_string(), format!("{} {line}", if ok { "ok  " } else { "FAIL" })));
-    }
-
-    /// Prints every line (visible with `--nocapture`) and panics if any tensor failed.
-    fn finish(self) {
-        let text: String = self.lines.iter().map(|(name, line)| format!("\n  {name:36} {line}")).collect();
-        println!("{}:{text}", self.fixture);
-        assert!(self.failed == 0, "{}: {} tensor(s) differ from PyTorch by more than {RTOL:e} * max(1, |want|):{text}", self.fixture, self.failed);
-    }
 }
 
 #[test]
 fn every_fixture_file_is_tested() {
-    let on_disk: BTreeSet<String> = std::fs::read_dir(fixtures_dir())
-        .expect("fixtures directory")
-        .map(|entry| entry.expect("directory entry").file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("tcn_") && name.ends_with(".safetensors"))
-        .collect();
+    let on_disk = fixture_files("tcn_");
     let listed: BTreeSet<String> = FIXTURES.iter().map(|s| s.to_string()).collect();
     assert_eq!(on_disk, listed, "fixture files on disk and FIXTURES differ");
 }
@@ -208,8 +65,8 @@ fn every_fixture_file_is_tested() {
 #[test]
 fn parameter_set_and_receptive_field_match_pytorch() {
     for &name in FIXTURES {
-        let fixture = Fixture::load(name);
-        let cfg = fixture.config();
+        let fixture = load_fixture(name);
+        let cfg = tcn_config(&fixture);
         assert_eq!(cfg.receptive_field(), fixture.meta_usize("receptive_field"), "{name}: receptive field");
         let tcn = Tcn::new(&cfg, 0).unwrap_or_else(|e| panic!("{name}: Tcn::new: {e}"));
 
@@ -236,7 +93,7 @@ fn parameter_set_and_receptive_field_match_pytorch() {
 #[test]
 fn forward_matches_pytorch() {
     for &name in FIXTURES {
-        let fixture = Fixture::load(name);
+        let fixture = load_fixture(name);
         let mut tcn = tcn_from_fixture(&fixture);
         let (b, t) = fixture.batch_and_time();
         let x = fixture.tensor("x"); // (B, T, D)
@@ -254,7 +111,7 @@ fn forward_matches_pytorch() {
 #[test]
 fn backward_matches_pytorch() {
     for &name in FIXTURES {
-        let fixture = Fixture::load(name);
+        let fixture = load_fixture(name);
         let mut tcn = tcn_from_fixture(&fixture);
         let (b, t) = fixture.batch_and_time();
         let x = fixture.tensor("x"); // (B, T, D)
@@ -278,7 +135,7 @@ fn backward_accumulates_parameter_gradients() {
     // Two forward/backward passes without zero_grad leave twice PyTorch's gradient in every Param.grad,
     // and the second pass's dx does not depend on the first.
     for &name in FIXTURES {
-        let fixture = Fixture::load(name);
+        let fixture = load_fixture(name);
         let mut tcn = tcn_from_fixture(&fixture);
         let (b, t) = fixture.batch_and_time();
         let x = fixture.tensor("x"); // (B, T, D)
@@ -304,8 +161,8 @@ fn backward_accumulates_parameter_gradients() {
 fn streaming_step_matches_pytorch() {
     // Step by step from the zero state, the network reproduces PyTorch's output at every time step.
     for &name in FIXTURES {
-        let fixture = Fixture::load(name);
-        let cfg = fixture.config();
+        let fixture = load_fixture(name);
+        let cfg = tcn_config(&fixture);
         let mut tcn = tcn_from_fixture(&fixture);
         let (b, t) = fixture.batch_and_time();
         let (d, c) = (cfg.input, cfg.output_dim());
