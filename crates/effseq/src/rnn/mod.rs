@@ -582,7 +582,7 @@ fn gru_pointwise(r: &mut [f32], z: &mut [f32], n: &mut [f32], hr: &[f32], hz: &[
 
 /// Time steps per input-projection GEMM in inference mode: large enough for an efficient GEMM, small
 /// enough that the `(chunk, B, G*H)` gate buffer stays in cache and memory does not grow with T.
-const INFER_CHUNK: usize = 64;
+const INFER_CHUNK: usize = 256;
 
 /// Forward over the whole sequence for one direction. `input (T, B, D_in)`.
 ///

@@ -148,8 +148,9 @@ fn bad_shapes_are_errors_not_panics() {
 #[test]
 fn inference_mode_equals_training_forward_and_refuses_backward() {
     for cfg in configs() {
-        // T = 150 spans several inference chunks, including a partial one.
-        let (b, t) = (2, 150);
+        // T = 600 spans several inference chunks (INFER_CHUNK = 256), including a partial one.
+        let (b, t) = (2, 600);
+        assert!(t > 2 * INFER_CHUNK && t % INFER_CHUNK != 0);
         let mut rnn = Rnn::new(&cfg, 21).unwrap();
         let x = seq(b * t * cfg.input, 22);
         let y = rnn.forward(&x, b, t, None).unwrap();
