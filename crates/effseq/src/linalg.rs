@@ -147,24 +147,39 @@ pub struct PackedPanels {
 impl PackedPanels {
     /// Packs `w (K, N)` (row-major).
     pub fn from_rows(w: &[f32], k: usize, n: usize) -> Self {
-        let mut p = PackedPanels { k, n, data: vec![0.0; n.div_ceil(PANEL) * k * PANEL] };
-        for kk in 0..k {
-            for j in 0..n {
-                p.data[((j / PANEL) * k + kk) * PANEL + j % PANEL] = w[kk * n + j];
-            }
-        }
+        let mut p = PackedPanels::default();
+        p.set_rows(w, k, n);
         p
     }
 
     /// Packs the transpose of `w (N, K)` (row-major), i.e. the `(K, N)` matrix `w^T`.
     pub fn from_transposed(w: &[f32], n: usize, k: usize) -> Self {
-        let mut p = PackedPanels { k, n, data: vec![0.0; n.div_ceil(PANEL) * k * PANEL] };
+        let mut p = PackedPanels::default();
+        p.set_transposed(w, n, k);
+        p
+    }
+
+    /// Re-packs from `w (K, N)` (row-major), reusing the buffer (weights change at every optimizer step).
+    pub fn set_rows(&mut self, w: &[f32], k: usize, n: usize) {
+        self.fill(k, n, |kk, j| w[kk * n + j]);
+    }
+
+    /// Re-packs from the transpose of `w (N, K)` (row-major), reusing the buffer.
+    pub fn set_transposed(&mut self, w: &[f32], n: usize, k: usize) {
+        self.fill(k, n, |kk, j| w[j * k + kk]);
+    }
+
+    /// Sets the packed `(K, N)` matrix to `value(k, n)`, padding the last panel with zeros.
+    fn fill(&mut self, k: usize, n: usize, value: impl Fn(usize, usize) -> f32) {
+        self.k = k;
+        self.n = n;
+        self.data.clear();
+        self.data.resize(n.div_ceil(PANEL) * k * PANEL, 0.0);
         for j in 0..n {
             for kk in 0..k {
-                p.data[((j / PANEL) * k + kk) * PANEL + j % PANEL] = w[j * k + kk];
+                self.data[((j / PANEL) * k + kk) * PANEL + j % PANEL] = value(kk, j);
             }
         }
-        p
     }
 
     /// K.
@@ -299,25 +314,25 @@ unsafe fn panel_kernel_avx2(nr: usize, k: usize, x: *const f32, ldx: usize, pane
     }
 }
 
-/// Transposes `src (rows, cols)` into `dst (cols, rows)`.
-pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    assert_eq!(src.len(), rows * cols);
-    assert_eq!(dst.len(), rows * cols);
-    const BLK: usize = 32;
-    for i0 in (0..rows).step_by(BLK) {
-        for j0 in (0..cols).step_by(BLK) {
-            for i in i0..(i0 + BLK).min(rows) {
-                for j in j0..(j0 + BLK).min(cols) {
-                    dst[j * rows + i] = src[i * cols + j];
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Transposes `src (rows, cols)` into `dst (cols, rows)`.
+    fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+        assert_eq!(src.len(), rows * cols);
+        assert_eq!(dst.len(), rows * cols);
+        const BLK: usize = 32;
+        for i0 in (0..rows).step_by(BLK) {
+            for j0 in (0..cols).step_by(BLK) {
+                for i in i0..(i0 + BLK).min(rows) {
+                    for j in j0..(j0 + BLK).min(cols) {
+                        dst[j * rows + i] = src[i * cols + j];
+                    }
                 }
             }
         }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     fn check(m: usize, n: usize, k: usize, ta: Trans, tb: Trans, backend: Backend) {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();

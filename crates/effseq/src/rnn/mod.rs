@@ -120,9 +120,9 @@ impl Cell {
     fn pack(&mut self) {
         let (gh, d_in) = (self.w_ih.shape[0], self.w_ih.shape[1]);
         let h = self.w_hh.shape[1];
-        self.w_ih_t = PackedPanels::from_transposed(&self.w_ih.value, gh, d_in);
-        self.w_hh_t = PackedPanels::from_transposed(&self.w_hh.value, gh, h);
-        self.w_hh_p = PackedPanels::from_rows(&self.w_hh.value, gh, h);
+        self.w_ih_t.set_transposed(&self.w_ih.value, gh, d_in);
+        self.w_hh_t.set_transposed(&self.w_hh.value, gh, h);
+        self.w_hh_p.set_rows(&self.w_hh.value, gh, h);
     }
 
     /// Bias added to the input projection: `b_ih` (+ `b_hh` for LSTM, where the two are simply summed).
@@ -397,7 +397,7 @@ impl Rnn {
         }
         // (T, B, dirs*H) gradient w.r.t. the current layer's output.
         let mut dout = vec![0.0; dy.len()];
-        tb_to_bt_inverse(dy, b, t, out_dim, &mut dout);
+        bt_to_tb(dy, b, t, out_dim, &mut dout);
         for l in (0..self.cfg.layers).rev() {
             let lc = &cache.layers[l];
             if !lc.mask.is_empty() {
@@ -942,11 +942,6 @@ pub fn tb_to_bt(src: &[f32], b: usize, t: usize, d: usize, dst: &mut [f32]) {
             dst[(bi * t + ti) * d..(bi * t + ti + 1) * d].copy_from_slice(&src[(ti * b + bi) * d..(ti * b + bi + 1) * d]);
         }
     }
-}
-
-/// `(B, T, D)` → `(T, B, D)` (the inverse of [`tb_to_bt`], for gradients).
-fn tb_to_bt_inverse(src: &[f32], b: usize, t: usize, d: usize, dst: &mut [f32]) {
-    bt_to_tb(src, b, t, d, dst)
 }
 
 mod team;
