@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// Layer width of every model (input D = hidden H), so the table is fair.
     #[arg(long, alias = "hidden", default_value_t = 256)]
     pub dim: usize,
+    /// Heads of the attention models (one causal block of width --dim).
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
     /// Modes, comma-separated: forward, train (forward + backward), step (one streaming step).
     #[arg(long, default_value = "forward,train,step")]
     pub mode: String,
@@ -71,6 +74,7 @@ impl BenchArgs {
             seq_lens: parse_list("seq-lens", &self.seq_lens, parse_usize("seq-lens"))?,
             batches: parse_list("batch", &self.batch, parse_usize("batch"))?,
             dim: parse_usize("dim")(&self.dim.to_string())?,
+            heads: parse_usize("heads")(&self.heads.to_string())?,
             modes: parse_list("mode", &self.mode, BenchMode::parse)?,
             repeats: parse_usize("repeats")(&self.repeats.to_string())?,
             budget_secs: self.budget,
@@ -87,9 +91,10 @@ pub fn run(args: &BenchArgs, json: bool) -> Result<Vec<BenchRecord>> {
     say(&format!(
         "{}\n",
         format_args!(
-        "effseq bench: models {} | D = H = {} for every model | {} thread(s) | median of {} runs after 1 warm-up | memory: peak extra heap bytes (counting allocator)",
+        "effseq bench: models {} | D = H = {} for every model ({} heads, one block with a 4D feed-forward layer for attention) | {} thread(s) | median of {} runs after 1 warm-up | memory: peak extra heap bytes (counting allocator)",
         cfg.models.iter().map(|m| m.name()).collect::<Vec<_>>().join(","),
         cfg.dim,
+        cfg.heads,
         rayon::current_num_threads(),
         cfg.repeats
     )));

@@ -24,9 +24,26 @@ pub fn number(x: f32) -> String {
 
 /// E.g. `lstm, hidden 128, 2 layers, bidirectional, dropout 0.1`.
 pub fn describe_model(m: &ModelConfig) -> String {
+    let plural = if m.layers == 1 { "" } else { "s" };
     let mut s = match m.receptive_field() {
         Some(rf) => format!("{}, {} channels, {} levels, kernel {}, receptive field {rf}", m.kind.name(), m.hidden, m.tcn_levels(), m.kernel_size),
-        None => format!("{}, hidden {}, {} layer{}", m.kind.name(), m.hidden, m.layers, if m.layers == 1 { "" } else { "s" }),
+        None if m.kind.is_attention() => {
+            let positions = match m.positional {
+                effseq::config::Positional::Sinusoidal => "sinusoidal positions".to_string(),
+                effseq::config::Positional::Learned => format!("learned positions up to {}", m.max_len),
+            };
+            let mut s =
+                format!("{}, width {}, {} block{plural}, {} heads, feed-forward {}, {positions}", m.kind.name(), m.hidden, m.layers, m.heads, m.ff_dim());
+            if m.kind == effseq::config::ModelKind::Performer {
+                let redraw = if m.redraw_every == 0 { "never redrawn".to_string() } else { format!("redrawn every {} steps", m.redraw_every) };
+                s.push_str(&format!(", {} {:?} random features per head, {redraw}", m.feature_count(), m.feature_kernel).to_lowercase());
+            }
+            if m.tie_embeddings {
+                s.push_str(", tied embeddings");
+            }
+            s
+        }
+        None => format!("{}, hidden {}, {} layer{plural}", m.kind.name(), m.hidden, m.layers),
     };
     if m.bidirectional {
         s.push_str(", bidirectional");
@@ -57,6 +74,7 @@ pub fn describe_task(cfg: &RunConfig) -> String {
             format!("{name}, T = {} (28x28 pixels){order}", t.seq_len)
         }
         TaskKind::Forecast => format!("{name} {}, window T = {}, horizon {}", t.series.name(), t.seq_len, t.horizon),
+        TaskKind::Charlm => format!("{name} (Moby-Dick), context T = {} characters", t.seq_len),
     }
 }
 
@@ -77,7 +95,7 @@ pub fn sequences_noun(kind: TaskKind) -> &'static str {
     match kind {
         TaskKind::Adding | TaskKind::Copy => "sequences",
         TaskKind::Digits | TaskKind::Smnist => "test images",
-        TaskKind::Forecast => "test windows",
+        TaskKind::Forecast | TaskKind::Charlm => "test windows",
     }
 }
 

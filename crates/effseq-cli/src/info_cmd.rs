@@ -35,7 +35,7 @@ pub fn run(args: &InfoArgs, json: bool) -> Result<(), CliError> {
             // As `train` would: a TCN without `levels` gets enough to cover the task's sequence.
             let steps = config.task.steps_per_sequence();
             config.model.resolve_for_sequence(steps);
-            let network = Network::new(&config.model, Task::io_of(&config.task), config.train.seed)?;
+            let network = Network::new(&config.model, Task::io_of(&config.task)?, config.train.seed)?;
             (config, network, None)
         }
         (None, Some(dir)) => {

@@ -9,6 +9,7 @@ mod bench_cmd;
 mod eval_cmd;
 mod failure;
 mod format;
+mod generate_cmd;
 mod info_cmd;
 mod progress;
 mod train_cmd;
@@ -23,7 +24,8 @@ use failure::CliError;
 #[global_allocator]
 static ALLOCATOR: effseq::bench::alloc::CountingAllocator = effseq::bench::alloc::CountingAllocator;
 
-/// Efficient sequence models (LSTM, GRU) on the CPU: train, evaluate, inspect and benchmark.
+/// Efficient sequence models (LSTM, GRU, TCN, Transformer, Linear Transformer, Performer) on the CPU: train,
+/// evaluate, generate, inspect and benchmark.
 #[derive(Parser, Debug)]
 #[command(name = "effseq", version, about, propagate_version = true)]
 struct Cli {
@@ -38,15 +40,17 @@ struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train a model on a generated (adding, copy) or real-data (digits, smnist, forecast) task, with periodic
+    /// Train a model on a generated (adding, copy) or real-data (digits, smnist, forecast, charlm) task, with periodic
     /// evaluation and checkpoints.
-    Train(train_cmd::TrainArgs),
+    Train(Box<train_cmd::TrainArgs>),
     /// Evaluate a checkpoint on its task's evaluation set.
     Eval(eval_cmd::EvalArgs),
     /// Show the resolved config and the parameters (per tensor) of a config file or a checkpoint.
     Info(info_cmd::InfoArgs),
     /// Time and memory of each model against sequence length (forward, train, streaming step).
     Bench(bench_cmd::BenchArgs),
+    /// Sample text from a charlm checkpoint with the model's streaming step, and report tokens/s.
+    Generate(generate_cmd::GenerateArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -55,6 +59,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Train(args) => train_cmd::run(&args, cli.json),
         Command::Eval(args) => eval_cmd::run(&args, cli.json),
         Command::Info(args) => info_cmd::run(&args, cli.json),
+        Command::Generate(args) => generate_cmd::run(&args, cli.json),
         Command::Bench(args) => {
             bench_cmd::run(&args, cli.json)?;
             Ok(())

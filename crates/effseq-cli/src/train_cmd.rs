@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use effseq::checkpoint;
-use effseq::config::{ModelKind, RunConfig, TaskConfig, TaskKind};
+use effseq::config::{FeatureKernelKind, ModelKind, Pooling, Positional, RunConfig, TaskConfig, TaskKind};
 use effseq::tasks::forecast::{ForecastMetrics, SeriesKind};
 use effseq::tasks::Task;
 use effseq::train::{Summary, Trainer};
@@ -19,14 +19,16 @@ use crate::progress::TrainProgress;
 /// Arguments of `effseq train`. Every flag overrides the config file, which overrides the defaults.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Model architecture: lstm, gru or tcn [default: lstm].
+    /// Model architecture: lstm, gru, tcn, transformer (softmax attention), linear (Linear Transformer) or
+    /// performer [default: lstm].
     #[arg(long, value_parser = parse_model)]
     pub model: Option<ModelKind>,
-    /// Task: adding, copy, digits, smnist or forecast [default: adding].
+    /// Task: adding, copy, digits, smnist, forecast or charlm [default: adding].
     #[arg(long, value_parser = parse_task)]
     pub task: Option<TaskKind>,
     /// Sequence length T (adding: steps; copy: the blank gap, sequences have T + 20 steps; forecast: the window of
-    /// past steps; digits and smnist: fixed at 64 and 784) [default: 50; forecast: 24 sunspots, 104 co2, 60 seattle].
+    /// past steps; digits and smnist: fixed at 64 and 784; charlm: characters of context)
+    /// [default: 50; forecast: 24 sunspots, 104 co2, 60 seattle; charlm: 256].
     #[arg(long, value_name = "T")]
     pub seq_len: Option<usize>,
     /// Forecast: the series, sunspots, co2 or seattle [default: sunspots].
@@ -50,15 +52,47 @@ pub struct TrainArgs {
     /// Seed of initialisation, data and dropout [default: 0].
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
-    /// Width: hidden size H per layer and direction (LSTM/GRU), or channels per level (TCN) [default: 128].
+    /// Width: hidden size H per layer and direction (LSTM/GRU), channels per level (TCN), or model width D
+    /// (attention models) [default: 128].
     #[arg(long, value_name = "H")]
     pub hidden: Option<usize>,
-    /// Stacked recurrent layers [default: 1].
+    /// Stacked recurrent layers, or Transformer blocks [default: 1].
     #[arg(long, value_name = "L")]
     pub layers: Option<usize>,
-    /// Add a time-reversed direction to every layer (LSTM/GRU).
+    /// Add a time-reversed direction to every layer (LSTM/GRU); attend in both directions (attention models,
+    /// for classification; no streaming).
     #[arg(long)]
     pub bidirectional: bool,
+    /// Attention models: heads [default: 4].
+    #[arg(long, value_name = "H")]
+    pub heads: Option<usize>,
+    /// Attention models: feed-forward width [default: 4 x --hidden].
+    #[arg(long, value_name = "N")]
+    pub d_ff: Option<usize>,
+    /// Attention models: position encoding, sinusoidal or learned [default: sinusoidal].
+    #[arg(long, value_name = "KIND", value_parser = parse_positional)]
+    pub positional: Option<Positional>,
+    /// Attention models with learned positions: the longest sequence [default: 4096].
+    #[arg(long, value_name = "T")]
+    pub max_len: Option<usize>,
+    /// Performer: random features per head [default: Dh ln Dh].
+    #[arg(long, value_name = "M")]
+    pub features: Option<usize>,
+    /// Performer: kernel of the random features, softmax (FAVOR+) or relu [default: softmax].
+    #[arg(long, value_name = "KIND", value_parser = parse_feature_kernel)]
+    pub feature_kernel: Option<FeatureKernelKind>,
+    /// Performer: redraw the random features every N training steps, 0 for never [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub redraw_every: Option<u64>,
+    /// Token tasks: the output head reuses the embedding matrix.
+    #[arg(long)]
+    pub tie_embeddings: bool,
+    /// One-prediction-per-sequence tasks: pool the last valid step or the mean of the valid steps [default: last].
+    #[arg(long, value_name = "KIND", value_parser = parse_pooling)]
+    pub pooling: Option<Pooling>,
+    /// Learning-rate warmup steps [default: 100].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u64>,
     /// TCN: kernel size of every dilated causal convolution [default: 3].
     #[arg(long, value_name = "K")]
     pub kernel_size: Option<usize>,
@@ -94,6 +128,30 @@ pub struct TrainArgs {
 
 fn parse_model(s: &str) -> Result<ModelKind, String> {
     ModelKind::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_positional(s: &str) -> Result<Positional, String> {
+    match s {
+        "sinusoidal" => Ok(Positional::Sinusoidal),
+        "learned" => Ok(Positional::Learned),
+        _ => Err(format!("unknown position encoding '{s}' (expected sinusoidal or learned)")),
+    }
+}
+
+fn parse_feature_kernel(s: &str) -> Result<FeatureKernelKind, String> {
+    match s {
+        "softmax" => Ok(FeatureKernelKind::Softmax),
+        "relu" => Ok(FeatureKernelKind::Relu),
+        _ => Err(format!("unknown feature kernel '{s}' (expected softmax or relu)")),
+    }
+}
+
+fn parse_pooling(s: &str) -> Result<Pooling, String> {
+    match s {
+        "last" => Ok(Pooling::Last),
+        "mean" => Ok(Pooling::Mean),
+        _ => Err(format!("unknown pooling '{s}' (expected last or mean)")),
+    }
 }
 
 fn parse_task(s: &str) -> Result<TaskKind, String> {
@@ -139,6 +197,19 @@ impl TrainArgs {
         set(&mut m.layers, self.layers);
         set(&mut m.dropout, self.dropout);
         m.bidirectional |= self.bidirectional;
+        set(&mut m.heads, self.heads);
+        if self.d_ff.is_some() {
+            m.d_ff = self.d_ff;
+        }
+        set(&mut m.positional, self.positional);
+        set(&mut m.max_len, self.max_len);
+        if self.features.is_some() {
+            m.features = self.features;
+        }
+        set(&mut m.feature_kernel, self.feature_kernel);
+        set(&mut m.redraw_every, self.redraw_every);
+        m.tie_embeddings |= self.tie_embeddings;
+        set(&mut m.pooling, self.pooling);
         set(&mut m.kernel_size, self.kernel_size);
         if self.levels.is_some() {
             m.levels = self.levels;
@@ -160,6 +231,7 @@ impl TrainArgs {
         set(&mut tr.steps, self.steps);
         set(&mut tr.batch, self.batch);
         set(&mut tr.lr, self.lr);
+        set(&mut tr.warmup_steps, self.warmup);
         set(&mut tr.seed, self.seed);
         set(&mut tr.eval_every, self.eval_every);
         set(&mut tr.checkpoint_every, self.checkpoint_every);

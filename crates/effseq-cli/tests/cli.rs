@@ -173,7 +173,7 @@ fn config_file_is_overridden_by_flags() {
 #[test]
 fn unknown_names_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
-    assert_fails(&effseq(dir.path(), &["train", "--model", "transformer"]), 2, &["unknown model 'transformer'", "lstm, gru"]);
+    assert_fails(&effseq(dir.path(), &["train", "--model", "hyena"]), 2, &["unknown model 'hyena'", "lstm, gru, tcn, transformer, linear, performer"]);
     assert_fails(&effseq(dir.path(), &["train", "--task", "sorting"]), 2, &["unknown task 'sorting'", "adding, copy"]);
     assert_fails(&effseq(dir.path(), &["train", "--seq-len", "1", "--task", "adding"]), 2, &["task.seq_len"]);
     assert_fails(&effseq(dir.path(), &["train", "--dropout", "1.5"]), 2, &["model.dropout"]);
@@ -308,4 +308,32 @@ fn real_data_flag_errors() {
     let out = effseq_with_data(dir.path(), &empty, &["train", "--task", "forecast", "--series", "seattle", "--out", "run"]);
     assert_fails(&out, 3, &["seattle-weather.csv"]);
     assert!(!dir.path().join("run").exists(), "no checkpoint directory for a run that never started");
+}
+
+#[test]
+fn charlm_attention_models_train_evaluate_and_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    for (model, extra) in [("transformer", &[][..]), ("linear", &["--tie-embeddings"][..]), ("performer", &["--features", "8", "--redraw-every", "3"][..])] {
+        let name = format!("lm-{model}");
+        let mut flags = vec!["--model", model, "--task", "charlm", "--seq-len", "32", "--heads", "2"];
+        flags.extend_from_slice(extra);
+        let (summary, _) = train_and_eval_real(dir.path(), &name, &flags);
+        assert_eq!(summary["metric_name"], "bpc", "{model}");
+        assert!(summary["eval_metric"].as_f64().unwrap() > 0.0);
+        let out = effseq(dir.path(), &["generate", "--checkpoint", &name, "--prompt", "Call me ", "--tokens", "30", "--seed", "1", "--json"]);
+        let line = last_json(&out);
+        assert_eq!(line["generated_tokens"], 30, "{model}");
+        assert_eq!(line["text"].as_str().unwrap().chars().count(), 30);
+        assert!(line["tokens_per_s"].as_f64().unwrap() > 0.0);
+        // The same seed samples the same text.
+        let again = last_json(&effseq(dir.path(), &["generate", "--checkpoint", &name, "--prompt", "Call me ", "--tokens", "30", "--seed", "1", "--json"]));
+        assert_eq!(again["text"], line["text"]);
+    }
+    // Characters outside the alphabet, and checkpoints of other tasks, are usage errors.
+    assert_fails(&effseq(dir.path(), &["generate", "--checkpoint", "lm-linear", "--prompt", "日本"]), 2, &["not in the charlm alphabet"]);
+    train_tiny(dir.path(), "adding-run", &[]);
+    assert_fails(&effseq(dir.path(), &["generate", "--checkpoint", "adding-run", "--prompt", "x"]), 2, &["charlm"]);
+    // A bidirectional model cannot stream.
+    let (_, _) = train_and_eval_real(dir.path(), "lm-bidir", &["--model", "linear", "--task", "charlm", "--seq-len", "16", "--heads", "2", "--bidirectional"]);
+    assert_fails(&effseq(dir.path(), &["generate", "--checkpoint", "lm-bidir", "--prompt", "a"]), 2, &["causal"]);
 }

@@ -23,9 +23,10 @@ pub const BENCH_TCN_KERNEL: usize = 3;
 /// See [`BENCH_TCN_KERNEL`].
 pub const BENCH_TCN_LEVELS: usize = 4;
 
-/// The model section the benchmark uses for `kind` at width `dim`: one layer (RNNs), or the TCN above.
-pub fn bench_model_config(kind: ModelKind, dim: usize) -> ModelConfig {
-    ModelConfig { kind, hidden: dim, kernel_size: BENCH_TCN_KERNEL, levels: Some(BENCH_TCN_LEVELS), ..Default::default() }
+/// The model section the benchmark uses for `kind` at width `dim`: one layer (RNNs), the TCN above, or one causal
+/// Transformer block with `heads` heads and a 4 x `dim` feed-forward layer (attention models).
+pub fn bench_model_config(kind: ModelKind, dim: usize, heads: usize) -> ModelConfig {
+    ModelConfig { kind, hidden: dim, heads, kernel_size: BENCH_TCN_KERNEL, levels: Some(BENCH_TCN_LEVELS), ..Default::default() }
 }
 
 /// What is measured.
@@ -74,6 +75,8 @@ pub struct BenchConfig {
     pub batches: Vec<usize>,
     /// Layer width: input D = hidden H.
     pub dim: usize,
+    /// Heads of the attention models.
+    pub heads: usize,
     /// Modes.
     pub modes: Vec<BenchMode>,
     /// Timed repetitions per configuration (after one warm-up).
@@ -91,6 +94,7 @@ impl Default for BenchConfig {
             seq_lens: vec![256, 1024, 4096],
             batches: vec![1, 8],
             dim: 256,
+            heads: 4,
             modes: BenchMode::ALL.to_vec(),
             repeats: 5,
             budget_secs: 30.0,
@@ -230,6 +234,8 @@ fn estimate_bytes(kind: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize
         ModelKind::Gru => 3,
         ModelKind::Lstm => 4,
         ModelKind::Tcn => 6 * BENCH_TCN_LEVELS - 4,
+        // One block: q, k, v, output, merged, norms, residuals and the 4D-wide feed-forward activations.
+        ModelKind::Transformer | ModelKind::Linear | ModelKind::Performer => 24,
     } as u64;
     let (b, t, d) = (b as u64, t as u64, d as u64);
     let weights = 2 * g * d * d * 4 * 3;
@@ -275,7 +281,9 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(usize, usize, &BenchRecor
             skipped: None,
         };
         let est_bytes = estimate_bytes(model, mode, b, t, cfg.dim);
-        let est_secs = rate.get(&(model, mode, b)).map(|&(t0, secs)| secs * t as f64 / t0 as f64 * (cfg.repeats + 1) as f64);
+        // Softmax attention costs O(T^2); every other model O(T).
+        let growth = |t0: usize| if model == ModelKind::Transformer { (t as f64 / t0 as f64).powi(2) } else { t as f64 / t0 as f64 };
+        let est_secs = rate.get(&(model, mode, b)).map(|&(t0, secs)| secs * growth(t0) * (cfg.repeats + 1) as f64);
         if est_bytes > cfg.memory_limit_bytes {
             rec.skipped = Some(format!(
                 "estimated memory {:.1} GiB exceeds the limit of {:.1} GiB",
@@ -285,7 +293,7 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(usize, usize, &BenchRecor
         } else if let Some(est) = est_secs.filter(|&e| e > cfg.budget_secs && mode != BenchMode::Step) {
             rec.skipped = Some(format!("estimated {est:.0} s exceeds the time budget of {:.0} s", cfg.budget_secs));
         } else {
-            let (times, peak) = measure(model, mode, b, t, cfg.dim, cfg.repeats)?;
+            let (times, peak) = measure(model, mode, b, t, cfg.dim, cfg.heads, cfg.repeats)?;
             let mut sorted = times.clone();
             sorted.sort_by(f64::total_cmp);
             let median = sorted[sorted.len() / 2];
@@ -306,9 +314,9 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(usize, usize, &BenchRecor
 }
 
 /// Times one configuration; returns the seconds of each timed run and the peak extra heap bytes.
-fn measure(model: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize, repeats: usize) -> Result<(Vec<f64>, Option<u64>)> {
+fn measure(model: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize, heads: usize, repeats: usize) -> Result<(Vec<f64>, Option<u64>)> {
     let base = alloc::reset_peak();
-    let mut rnn = Backbone::new(&bench_model_config(model, d), d, 0)?;
+    let mut rnn = Backbone::new(&bench_model_config(model, d, heads), d, 0)?;
     let mut rng = rng_for(0, 99);
     let mut times = Vec::with_capacity(repeats);
     match mode {
@@ -334,8 +342,9 @@ fn measure(model: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize, repe
             let mut x_t = vec![0.0f32; b * d]; // (B, D)
             let mut y_t = vec![0.0f32; b * d]; // (B, H)
             fill_uniform(&mut rng, &mut x_t, 1.0);
-            // Bring the state to context length T (an RNN's step cost does not depend on it).
-            let warm = t.min(64);
+            // Bring the state to context length T: a softmax KV cache costs O(context) per step; the other
+            // models' step cost does not depend on it.
+            let warm = if model == ModelKind::Transformer { t } else { t.min(64) };
             for _ in 0..warm {
                 rnn.step(&x_t, &mut state, &mut y_t)?;
             }
@@ -416,10 +425,11 @@ mod tests {
     #[test]
     fn tiny_grid_runs_and_reports_every_field() {
         let cfg = BenchConfig {
-            models: vec![ModelKind::Lstm, ModelKind::Gru],
+            models: ModelKind::ALL.to_vec(),
             seq_lens: vec![4, 8],
             batches: vec![2],
             dim: 8,
+            heads: 2,
             modes: BenchMode::ALL.to_vec(),
             repeats: 2,
             budget_secs: 60.0,
@@ -431,7 +441,7 @@ mod tests {
             assert!(done <= total);
         })
         .unwrap();
-        assert_eq!(recs.len(), 2 * 3 * 2);
+        assert_eq!(recs.len(), ModelKind::ALL.len() * 3 * 2);
         assert_eq!(calls, recs.len());
         for r in &recs {
             assert!(r.skipped.is_none());

@@ -26,7 +26,7 @@ use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::model::Network;
 use crate::optim::Optimizer;
-use crate::param::Module;
+use crate::param::{Module, Param};
 use crate::tasks::Task;
 
 /// The model weights.
@@ -235,7 +235,7 @@ fn load_verified_model(dir: &Path) -> Result<(RunConfig, Network, StateFile)> {
     let model_path = dir.join(MODEL_FILE);
     let model_bytes = read_verified(dir, &state_file, MODEL_FILE)?;
     let tensors = parse_tensors(&model_bytes, &model_path)?;
-    let io = Task::io_of(&config.task);
+    let io = Task::io_of(&config.task)?;
     let mut network = Network::new(&config.model, io, config.train.seed).map_err(|e| checkpoint_error(&config_path, e.to_string()))?;
     load_module_tensors(&mut network, tensors, &model_path, "the model described by config.toml")?;
     Ok((config, network, state_file))
@@ -291,9 +291,9 @@ fn read_verified(dir: &Path, state: &StateFile, name: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// `(name, shape, values)` of every parameter of `module`, in its order.
+/// `(name, shape, values)` of every parameter of `module`, in its order, then of every buffer.
 fn module_tensors(module: &dyn Module) -> NamedTensors {
-    module.params().into_iter().map(|p| (p.name.clone(), p.shape.clone(), p.value.clone())).collect()
+    module.params().into_iter().chain(module.buffers()).map(|p| (p.name.clone(), p.shape.clone(), p.value.clone())).collect()
 }
 
 /// The safetensors bytes of f32 tensors; `path` only names the destination in errors.
@@ -335,16 +335,22 @@ fn describe_safetensors_error(e: &SafeTensorError) -> String {
     format!("not a valid safetensors file, truncated or corrupt ({detail})")
 }
 
-/// Copies `tensors` into the parameters of `module`: every parameter present with its shape, nothing extra.
+/// Copies `tensors` into the parameters and buffers of `module`: every one present with its shape, nothing extra.
 fn load_module_tensors(module: &mut dyn Module, mut tensors: TensorMap, path: &Path, expecting: &str) -> Result<()> {
-    for param in module.params_mut() {
+    let mut load = |param: &mut Param| -> Result<()> {
         let Some((shape, values)) = tensors.remove(&param.name) else {
             return Err(checkpoint_error(path, format!("tensor '{}' is missing ({expecting} has it with shape {:?})", param.name, param.shape)));
         };
         if shape != param.shape {
             return Err(checkpoint_error(path, format!("tensor '{}' has shape {shape:?}, but {expecting} expects {:?}", param.name, param.shape)));
         }
-        param.load(&shape, &values)?;
+        param.load(&shape, &values)
+    };
+    for param in module.params_mut() {
+        load(param)?;
+    }
+    for buffer in module.buffers_mut() {
+        load(buffer)?;
     }
     if !tensors.is_empty() {
         let mut extra: Vec<&str> = tensors.keys().map(String::as_str).collect();
@@ -412,7 +418,7 @@ mod tests {
     /// A checkpoint of a freshly built network with one optimizer step taken, in a new temporary directory.
     fn saved(cfg: &RunConfig) -> (tempfile::TempDir, Network, Optimizer, TrainState) {
         let dir = tempfile::tempdir().unwrap();
-        let mut network = Network::new(&cfg.model, Task::io_of(&cfg.task), cfg.train.seed).unwrap();
+        let mut network = Network::new(&cfg.model, Task::io_of(&cfg.task).unwrap(), cfg.train.seed).unwrap();
         let mut optimizer = Optimizer::new(&cfg.train, &network.params());
         for p in network.params_mut() {
             p.grad.iter_mut().enumerate().for_each(|(i, g)| *g = (i as f32 * 0.37).sin());

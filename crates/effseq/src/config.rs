@@ -17,11 +17,18 @@ pub enum ModelKind {
     Gru,
     /// Temporal convolutional network (Bai, Kolter & Koltun 2018), the locuslab `TemporalConvNet`.
     Tcn,
+    /// Pre-norm Transformer with exact softmax attention (Vaswani et al. 2017), computed in tiles
+    /// (FlashAttention): the quadratic baseline.
+    Transformer,
+    /// Linear Transformer (Katharopoulos et al. 2020): attention with the elu(x)+1 feature map, an RNN in causal mode.
+    Linear,
+    /// Performer (Choromanski et al. 2020): FAVOR+ positive orthogonal random features.
+    Performer,
 }
 
 impl ModelKind {
     /// All kinds, in the order the CLI lists them.
-    pub const ALL: &'static [ModelKind] = &[ModelKind::Lstm, ModelKind::Gru, ModelKind::Tcn];
+    pub const ALL: &'static [ModelKind] = &[ModelKind::Lstm, ModelKind::Gru, ModelKind::Tcn, ModelKind::Transformer, ModelKind::Linear, ModelKind::Performer];
 
     /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
@@ -29,12 +36,20 @@ impl ModelKind {
             ModelKind::Lstm => "lstm",
             ModelKind::Gru => "gru",
             ModelKind::Tcn => "tcn",
+            ModelKind::Transformer => "transformer",
+            ModelKind::Linear => "linear",
+            ModelKind::Performer => "performer",
         }
     }
 
     /// Whether this is a recurrent (LSTM/GRU) model.
     pub fn is_recurrent(self) -> bool {
         matches!(self, ModelKind::Lstm | ModelKind::Gru)
+    }
+
+    /// Whether this is a Transformer of the attention family (softmax, linear, Performer).
+    pub fn is_attention(self) -> bool {
+        matches!(self, ModelKind::Transformer | ModelKind::Linear | ModelKind::Performer)
     }
 
     /// Parses a command-line name.
@@ -62,11 +77,14 @@ pub enum TaskKind {
     /// Forecasting a real series (sunspots, CO2, Seattle weather) from a window of past steps: MSE and MAE on the
     /// original scale, next to the naive and seasonal-naive baselines.
     Forecast,
+    /// Character-level language modelling on *Moby-Dick*: next-character prediction at every step, bits per
+    /// character on the test part.
+    Charlm,
 }
 
 impl TaskKind {
     /// All kinds, in the order the CLI lists them.
-    pub const ALL: &'static [TaskKind] = &[TaskKind::Adding, TaskKind::Copy, TaskKind::Digits, TaskKind::Smnist, TaskKind::Forecast];
+    pub const ALL: &'static [TaskKind] = &[TaskKind::Adding, TaskKind::Copy, TaskKind::Digits, TaskKind::Smnist, TaskKind::Forecast, TaskKind::Charlm];
 
     /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
@@ -76,6 +94,7 @@ impl TaskKind {
             TaskKind::Digits => "digits",
             TaskKind::Smnist => "smnist",
             TaskKind::Forecast => "forecast",
+            TaskKind::Charlm => "charlm",
         }
     }
 
@@ -92,7 +111,7 @@ impl TaskKind {
     /// sequences from the seed (adding, copy). Real-data tasks evaluate on a fixed test split, so
     /// [`TaskConfig::eval_size`] does not apply to them.
     pub fn is_real_data(self) -> bool {
-        matches!(self, TaskKind::Digits | TaskKind::Smnist | TaskKind::Forecast)
+        matches!(self, TaskKind::Digits | TaskKind::Smnist | TaskKind::Forecast | TaskKind::Charlm)
     }
 
     /// The sequence length fixed by the task's data: 64 pixels for digits, 784 for smnist; `None` when
@@ -101,7 +120,7 @@ impl TaskKind {
         match self {
             TaskKind::Digits => Some(crate::tasks::digits::SEQ_LEN),
             TaskKind::Smnist => Some(crate::tasks::smnist::SEQ_LEN),
-            TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast => None,
+            TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast | TaskKind::Charlm => None,
         }
     }
 }
@@ -117,7 +136,8 @@ pub struct ModelConfig {
     pub hidden: usize,
     /// Number of stacked recurrent layers (LSTM/GRU; a TCN's depth is `levels`). Default 1.
     pub layers: usize,
-    /// Run a second, time-reversed direction in every layer and concatenate (output width 2H). Default false.
+    /// LSTM/GRU: run a second, time-reversed direction in every layer and concatenate (output width 2H).
+    /// Attention models: attend in both directions (no causal mask; no streaming `step`). Default false.
     pub bidirectional: bool,
     /// Dropout probability on the outputs of every layer but the last (as `nn.LSTM`'s `dropout`). Default 0.
     pub dropout: f32,
@@ -131,6 +151,57 @@ pub struct ModelConfig {
     /// field `1 + 2 (K - 1) (2^L - 1)` covers the task's sequence length, resolved when a run starts
     /// ([`ModelConfig::resolve_for_sequence`]) and stored in the checkpoint's config.
     pub levels: Option<usize>,
+    /// Attention models: number of heads (`hidden` must divide by it). Default 4.
+    pub heads: usize,
+    /// Attention models: width of the feed-forward layer. Default: 4 x `hidden`.
+    pub d_ff: Option<usize>,
+    /// Attention models: position encoding added to the input. Default sinusoidal.
+    pub positional: Positional,
+    /// Attention models with learned positions: the longest sequence they accept. Default 4096.
+    pub max_len: usize,
+    /// Performer: number of random features m per head. Default: `Dh ln Dh` (performer-pytorch), Dh = hidden / heads.
+    pub features: Option<usize>,
+    /// Performer: the kernel its random features estimate. Default softmax (FAVOR+).
+    pub feature_kernel: FeatureKernelKind,
+    /// Performer: draw new random features every this many training steps (0 = never). The features in use are
+    /// stored in the checkpoint, so evaluation uses exactly them. Default 1000 (performer-pytorch).
+    pub redraw_every: u64,
+    /// Token tasks with an every-step readout: the output head reuses the token embedding's matrix (Press & Wolf
+    /// 2017). Default false.
+    pub tie_embeddings: bool,
+    /// One-prediction-per-sequence tasks: how the sequence is pooled (the last valid step, or the mean of the
+    /// valid steps); padding-aware. Default last.
+    pub pooling: Pooling,
+}
+
+/// Position encoding of the attention models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positional {
+    /// Fixed sines and cosines (Vaswani et al. 2017, sec. 3.5): any length, no parameters.
+    Sinusoidal,
+    /// A learned `(max_len, hidden)` table, `pos_embedding.weight`.
+    Learned,
+}
+
+/// The kernel a Performer's random features estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureKernelKind {
+    /// Positive random features for the softmax kernel (FAVOR+, Choromanski et al. 2020, Lemma 1).
+    Softmax,
+    /// The "generalized" kernel relu(w.x) + 0.001 of performer-pytorch.
+    Relu,
+}
+
+/// How a one-prediction-per-sequence readout pools the backbone's outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The output at the last valid (non-padding) step.
+    Last,
+    /// The mean of the outputs over the valid steps.
+    Mean,
 }
 
 impl Default for ModelConfig {
@@ -145,6 +216,15 @@ impl Default for ModelConfig {
             embed_dim: None,
             kernel_size: 3,
             levels: None,
+            heads: 4,
+            d_ff: None,
+            positional: Positional::Sinusoidal,
+            max_len: 4096,
+            features: None,
+            feature_kernel: FeatureKernelKind::Softmax,
+            redraw_every: 1000,
+            tie_embeddings: false,
+            pooling: Pooling::Last,
         }
     }
 }
@@ -162,7 +242,26 @@ pub fn tcn_receptive_field(kernel_size: usize, levels: usize) -> usize {
 impl ModelConfig {
     /// Width of the backbone's output at every time step.
     pub fn output_dim(&self) -> usize {
-        self.hidden * if self.bidirectional { 2 } else { 1 }
+        if self.kind.is_recurrent() && self.bidirectional {
+            2 * self.hidden
+        } else {
+            self.hidden
+        }
+    }
+
+    /// Attention models: the width of one head, `hidden / heads`.
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads.max(1)
+    }
+
+    /// Attention models: the feed-forward width in effect.
+    pub fn ff_dim(&self) -> usize {
+        self.d_ff.unwrap_or(4 * self.hidden)
+    }
+
+    /// Performer: the random features per head in effect (`Dh ln Dh` by default, at least 1).
+    pub fn feature_count(&self) -> usize {
+        self.features.unwrap_or_else(|| crate::attention::favor::default_features(self.head_dim()))
     }
 
     /// TCN levels in effect ([`DEFAULT_TCN_LEVELS`] until resolved for a sequence length).
@@ -208,6 +307,20 @@ impl ModelConfig {
         }
         if self.layers == 0 {
             return Err(Error::config("model.layers must be at least 1"));
+        }
+        if self.kind.is_attention() {
+            if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
+                return Err(Error::config(format!("model.hidden ({}) must be a positive multiple of model.heads ({})", self.hidden, self.heads)));
+            }
+            if self.d_ff == Some(0) {
+                return Err(Error::config("model.d_ff must be at least 1"));
+            }
+            if self.positional == Positional::Learned && self.max_len == 0 {
+                return Err(Error::config("model.max_len must be at least 1 with learned positions"));
+            }
+            if self.features == Some(0) {
+                return Err(Error::config("model.features must be at least 1"));
+            }
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::config(format!("model.dropout must be in [0, 1), got {}", self.dropout)));
@@ -280,11 +393,15 @@ impl TaskConfig {
         }
     }
 
-    /// The sequence length used when none is given: 50 for adding and copy, the data's 64 and 784 for digits and
-    /// smnist, and the forecast window of `series` ([`TaskConfig::default_window`]).
+    /// The default context of charlm, in characters.
+    pub const DEFAULT_CHARLM_SEQ_LEN: usize = 256;
+
+    /// The sequence length a task takes when none is given: see [`TaskConfig::default_window`] for forecast, 256
+    /// characters for charlm, the data's length for digits and smnist, 50 otherwise.
     pub fn default_seq_len(kind: TaskKind, series: SeriesKind) -> usize {
         match kind {
             TaskKind::Forecast => Self::default_window(series),
+            TaskKind::Charlm => Self::DEFAULT_CHARLM_SEQ_LEN,
             other => other.fixed_seq_len().unwrap_or(Self::DEFAULT_SEQ_LEN),
         }
     }

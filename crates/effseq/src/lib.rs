@@ -45,6 +45,7 @@
 //! assert!((y_t[0] - y[(t - 1) * 8]).abs() < 1e-5);
 //! ```
 
+pub mod attention;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -62,6 +63,7 @@ pub mod rnn;
 pub mod tasks;
 pub mod tcn;
 pub mod train;
+pub mod transformer;
 
 pub use error::{Error, Result};
 pub use param::{Module, Param};

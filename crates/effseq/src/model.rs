@@ -5,14 +5,17 @@
 //! (`nn.LSTM`/`nn.GRU`) and `head` (`nn.Linear`): `embedding.weight`, `rnn.weight_ih_l0`, ...,
 //! `head.weight`, `head.bias`, so a `state_dict` saved with safetensors loads by name.
 
-use crate::config::{ModelConfig, ModelKind};
+use crate::attention::{FeatureKernel, Mechanism};
+use crate::config::{FeatureKernelKind, ModelConfig, ModelKind, Pooling};
 use crate::error::{check_len, Error, Result};
 use crate::layers::{Embedding, Linear};
+use crate::linalg::{matmul, Trans};
 use crate::param::{Module, Param};
 use crate::rng::{rng_for, streams, Rng};
 use crate::rnn::{Rnn, RnnConfig, RnnState};
 use crate::tasks::{InputKind, Inputs, Readout, TaskIo};
 use crate::tcn::{Tcn, TcnConfig, TcnState};
+use crate::transformer::{Transformer, TransformerConfig, TransformerState};
 
 /// The sequence model inside a [`Network`]; one variant per architecture family.
 #[derive(Clone, Debug)]
@@ -21,6 +24,9 @@ pub enum Backbone {
     Rnn(Rnn),
     /// Temporal convolutional network.
     Tcn(Tcn),
+    /// Transformer with softmax, linear or FAVOR+ attention (boxed: its configuration and encoders make it far larger
+    /// than the other variants).
+    Transformer(Box<Transformer>),
 }
 
 impl Backbone {
@@ -46,22 +52,62 @@ impl Backbone {
                 // The locuslab `TCN` module holds its `TemporalConvNet` in a field `tcn`.
                 Backbone::Tcn(Tcn::with_prefix(&tc, seed, "tcn.")?)
             }
+            ModelKind::Transformer | ModelKind::Linear | ModelKind::Performer => {
+                let mechanism = match cfg.kind {
+                    ModelKind::Transformer => Mechanism::Softmax,
+                    ModelKind::Linear => Mechanism::Linear,
+                    _ => Mechanism::Performer {
+                        features: cfg.feature_count(),
+                        kernel: match cfg.feature_kernel {
+                            FeatureKernelKind::Softmax => FeatureKernel::Softmax,
+                            FeatureKernelKind::Relu => FeatureKernel::Relu,
+                        },
+                    },
+                };
+                let tc = TransformerConfig {
+                    input: d_in,
+                    d_model: cfg.hidden,
+                    layers: cfg.layers,
+                    heads: cfg.heads,
+                    d_ff: cfg.ff_dim(),
+                    dropout: cfg.dropout,
+                    mechanism,
+                    causal: !cfg.bidirectional,
+                    positional: cfg.positional,
+                    max_len: cfg.max_len,
+                    redraw_every: cfg.redraw_every,
+                };
+                Backbone::Transformer(Box::new(Transformer::with_prefix(&tc, seed, "transformer.")?))
+            }
         })
     }
 
     /// Training forward over `x (B, T, D)` → `(B, T, O)`, keeping what backward needs.
     pub fn forward(&mut self, x: &[f32], b: usize, t: usize, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
+        self.forward_padded(x, b, t, None, dropout)
+    }
+
+    /// [`Backbone::forward`] over right-padded sequences with `lengths (B)` valid steps: attention masks the padded
+    /// keys; the causal backbones (RNN, TCN, causal attention) need nothing, as no valid step sees a later one.
+    pub fn forward_padded(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
         match self {
             Backbone::Rnn(r) => r.forward(x, b, t, dropout),
             Backbone::Tcn(m) => m.forward(x, b, t, dropout),
+            Backbone::Transformer(m) => m.run(x, b, t, lengths, dropout, true),
         }
     }
 
     /// Inference forward over `x (B, T, D)` → `(B, T, O)`, keeping nothing for backward.
     pub fn infer(&mut self, x: &[f32], b: usize, t: usize) -> Result<Vec<f32>> {
+        self.infer_padded(x, b, t, None)
+    }
+
+    /// [`Backbone::infer`] over right-padded sequences, see [`Backbone::forward_padded`].
+    pub fn infer_padded(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>) -> Result<Vec<f32>> {
         match self {
             Backbone::Rnn(r) => r.infer(x, b, t),
             Backbone::Tcn(m) => m.infer(x, b, t),
+            Backbone::Transformer(m) => m.run(x, b, t, lengths, None, false),
         }
     }
 
@@ -70,6 +116,14 @@ impl Backbone {
         match self {
             Backbone::Rnn(r) => r.backward(dy),
             Backbone::Tcn(m) => m.backward(dy),
+            Backbone::Transformer(m) => m.backward(dy),
+        }
+    }
+
+    /// Called before training step `step` (a Performer redraws its random features on schedule).
+    pub fn begin_train_step(&mut self, step: u64) {
+        if let Backbone::Transformer(m) = self {
+            m.begin_train_step(step);
         }
     }
 
@@ -78,6 +132,7 @@ impl Backbone {
         match self {
             Backbone::Rnn(r) => BackboneState::Rnn(r.zero_state(b)),
             Backbone::Tcn(m) => BackboneState::Tcn(m.zero_state(b)),
+            Backbone::Transformer(m) => BackboneState::Transformer(m.zero_state(b)),
         }
     }
 
@@ -86,6 +141,7 @@ impl Backbone {
         match (self, state) {
             (Backbone::Rnn(r), BackboneState::Rnn(s)) => r.step(x_t, s, y_t),
             (Backbone::Tcn(m), BackboneState::Tcn(s)) => m.step(x_t, s, y_t),
+            (Backbone::Transformer(m), BackboneState::Transformer(s)) => m.step(x_t, s, y_t),
             _ => Err(Error::Invalid("streaming state belongs to a different architecture".into())),
         }
     }
@@ -94,6 +150,7 @@ impl Backbone {
         match self {
             Backbone::Rnn(r) => r.params(),
             Backbone::Tcn(m) => m.params(),
+            Backbone::Transformer(m) => m.params(),
         }
     }
 
@@ -101,6 +158,21 @@ impl Backbone {
         match self {
             Backbone::Rnn(r) => r.params_mut(),
             Backbone::Tcn(m) => m.params_mut(),
+            Backbone::Transformer(m) => m.params_mut(),
+        }
+    }
+
+    fn buffers(&self) -> Vec<&Param> {
+        match self {
+            Backbone::Transformer(m) => m.buffers(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn buffers_mut(&mut self) -> Vec<&mut Param> {
+        match self {
+            Backbone::Transformer(m) => m.buffers_mut(),
+            _ => Vec::new(),
         }
     }
 }
@@ -126,6 +198,8 @@ pub enum BackboneState {
     Rnn(RnnState),
     /// Ring buffers of a TCN's convolutions.
     Tcn(TcnState),
+    /// Key/value caches or recurrent attention states of a Transformer.
+    Transformer(TransformerState),
 }
 
 /// One step's input for [`Network::step`].
@@ -137,6 +211,15 @@ pub enum StepInput<'a> {
     Tokens(&'a [u32]),
 }
 
+/// The output layer: an `nn.Linear`, or one that reuses the token embedding's matrix (tied weights).
+#[derive(Clone, Debug)]
+enum Head {
+    /// `head.weight (C, O)`, `head.bias (C)`.
+    Linear(Linear),
+    /// `logits = y E^T + head.bias`, with `E` the embedding `(V, D)`; `y (N, D)` is kept for backward.
+    Tied { bias: Param, cache: Option<(Vec<f32>, usize)> },
+}
+
 /// Embedding + backbone + head.
 #[derive(Clone, Debug)]
 pub struct Network {
@@ -146,9 +229,9 @@ pub struct Network {
     pub io: TaskIo,
     embedding: Option<Embedding>,
     backbone: Backbone,
-    head: Linear,
-    /// (B, T) of the last forward pass.
-    shape: Option<(usize, usize)>,
+    head: Head,
+    /// (B, T) and the valid lengths of the last training forward pass.
+    shape: Option<(usize, usize, Option<Vec<usize>>)>,
 }
 
 impl Network {
@@ -167,7 +250,17 @@ impl Network {
             return Err(Error::config("the task's input and output widths must be at least 1"));
         }
         let backbone = Backbone::new(cfg, d_in, seed)?;
-        let head = Linear::new("head", cfg.output_dim(), io.output_dim, true, &mut rng);
+        let head = if cfg.tie_embeddings {
+            let vocab_out = matches!(io.input, InputKind::Tokens { vocab } if vocab == io.output_dim);
+            if !vocab_out || d_in != cfg.output_dim() {
+                return Err(Error::config(
+                    "model.tie_embeddings needs a token task whose outputs are its vocabulary and an embedding as wide as the backbone output",
+                ));
+            }
+            Head::Tied { bias: Param::zeros("head.bias", &[io.output_dim]), cache: None }
+        } else {
+            Head::Linear(Linear::new("head", cfg.output_dim(), io.output_dim, true, &mut rng))
+        };
         Ok(Network { config: cfg.clone(), io, embedding, backbone, head, shape: None })
     }
 
@@ -185,21 +278,48 @@ impl Network {
         }
     }
 
+    /// The backbone.
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    /// Called by the trainer before training step `step` (a Performer redraws its features on schedule).
+    pub fn begin_train_step(&mut self, step: u64) {
+        self.backbone.begin_train_step(step);
+    }
+
     /// Predictions for a batch: `(B, C)` for [`Readout::LastStep`], `(B, T, C)` for [`Readout::EveryStep`].
     /// `dropout: Some(rng)` is training mode. Keeps what [`Network::backward`] needs.
     pub fn forward(&mut self, inputs: &Inputs, b: usize, t: usize, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
-        self.run(inputs, b, t, dropout, true)
+        self.run(inputs, b, t, None, dropout, true)
+    }
+
+    /// [`Network::forward`] over right-padded sequences with `lengths (B)` valid steps each: attention ignores the
+    /// padded keys and a [`Readout::LastStep`] head pools the valid steps only ([`Pooling`]).
+    pub fn forward_padded(&mut self, inputs: &Inputs, b: usize, t: usize, lengths: Option<&[usize]>, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
+        self.run(inputs, b, t, lengths, dropout, true)
     }
 
     /// Predictions as [`Network::forward`] in evaluation mode, keeping nothing for backward (less memory).
     pub fn predict(&mut self, inputs: &Inputs, b: usize, t: usize) -> Result<Vec<f32>> {
-        self.run(inputs, b, t, None, false)
+        self.run(inputs, b, t, None, None, false)
     }
 
-    fn run(&mut self, inputs: &Inputs, b: usize, t: usize, dropout: Option<&mut Rng>, train: bool) -> Result<Vec<f32>> {
+    /// [`Network::predict`] over right-padded sequences, see [`Network::forward_padded`].
+    pub fn predict_padded(&mut self, inputs: &Inputs, b: usize, t: usize, lengths: Option<&[usize]>) -> Result<Vec<f32>> {
+        self.run(inputs, b, t, lengths, None, false)
+    }
+
+    fn run(&mut self, inputs: &Inputs, b: usize, t: usize, lengths: Option<&[usize]>, dropout: Option<&mut Rng>, train: bool) -> Result<Vec<f32>> {
         self.shape = None;
         if b == 0 || t == 0 {
             return Err(Error::Invalid(format!("empty batch: B = {b}, T = {t}")));
+        }
+        if let Some(l) = lengths {
+            check_len("sequence lengths (B)", &[b], l.len())?;
+            if let Some(i) = l.iter().position(|&n| n == 0 || n > t) {
+                return Err(Error::Invalid(format!("sequence {i} has length {}, outside 1..={t}", l[i])));
+            }
         }
         let embedded;
         let x: &[f32] = match (inputs, &mut self.embedding) {
@@ -209,37 +329,93 @@ impl Network {
             }
             (Inputs::Tokens(ids), Some(emb)) => {
                 check_len("token input (B, T)", &[b, t], ids.len())?;
-                embedded = emb.forward(ids)?;
+                embedded = if train { emb.forward(ids)? } else { embed(emb, ids)? };
                 &embedded
             }
             (Inputs::Dense(_), Some(_)) => return Err(Error::Invalid("this network reads token ids, got dense features".into())),
             (Inputs::Tokens(_), None) => return Err(Error::Invalid("this network reads dense features, got token ids".into())),
         };
-        let y = if train { self.backbone.forward(x, b, t, dropout)? } else { self.backbone.infer(x, b, t)? }; // (B, T, O)
+        let y = if train { self.backbone.forward_padded(x, b, t, lengths, dropout)? } else { self.backbone.infer_padded(x, b, t, lengths)? }; // (B, T, O)
         let o = self.backbone_dim();
         if train {
-            self.shape = Some((b, t));
+            self.shape = Some((b, t, lengths.map(<[usize]>::to_vec)));
         }
         match self.io.readout {
-            Readout::EveryStep => self.head.forward(&y, b * t),
+            Readout::EveryStep => self.head_forward(&y, b * t, train),
             Readout::LastStep => {
-                let last: Vec<f32> = (0..b).flat_map(|bi| y[(bi * t + t - 1) * o..(bi * t + t) * o].iter().copied()).collect(); // (B, O)
-                self.head.forward(&last, b)
+                let mut pooled = vec![0.0f32; b * o]; // (B, O)
+                for (bi, row) in pooled.chunks_exact_mut(o).enumerate() {
+                    let len = lengths.map_or(t, |l| l[bi]);
+                    match self.config.pooling {
+                        Pooling::Last => row.copy_from_slice(&y[(bi * t + len - 1) * o..(bi * t + len) * o]),
+                        Pooling::Mean => {
+                            for ti in 0..len {
+                                row.iter_mut().zip(&y[(bi * t + ti) * o..(bi * t + ti + 1) * o]).for_each(|(s, &v)| *s += v);
+                            }
+                            row.iter_mut().for_each(|s| *s /= len as f32);
+                        }
+                    }
+                }
+                self.head_forward(&pooled, b, train)
+            }
+        }
+    }
+
+    /// The head over `y (N, O)` → `(N, C)`; caches `y` when training.
+    fn head_forward(&mut self, y: &[f32], n: usize, train: bool) -> Result<Vec<f32>> {
+        match &mut self.head {
+            Head::Linear(lin) if train => lin.forward(y, n),
+            Head::Linear(lin) => {
+                let mut out = vec![0.0f32; n * lin.c_out()]; // (N, C)
+                lin.apply(y, n, &mut out)?;
+                Ok(out)
+            }
+            Head::Tied { bias, cache } => {
+                let emb = self.embedding.as_ref().expect("a tied head has an embedding");
+                let mut out = vec![0.0f32; n * bias.numel()]; // (N, V)
+                tied_apply(emb, bias, y, n, &mut out)?;
+                *cache = train.then(|| (y.to_vec(), n));
+                Ok(out)
             }
         }
     }
 
     /// Backward from `doutputs` (the shape [`Network::forward`] returned); ACCUMULATES every parameter gradient.
     pub fn backward(&mut self, doutputs: &[f32]) -> Result<()> {
-        let (b, t) = self.shape.take().ok_or_else(|| Error::Invalid("network backward called without a (training) forward pass".into()))?;
+        let (b, t, lengths) = self.shape.take().ok_or_else(|| Error::Invalid("network backward called without a (training) forward pass".into()))?;
         let o = self.backbone_dim();
-        let dh = self.head.backward(doutputs)?;
+        let dh = match &mut self.head {
+            Head::Linear(lin) => lin.backward(doutputs)?,
+            Head::Tied { bias, cache } => {
+                let (y, n) = cache.take().ok_or_else(|| Error::Invalid("tied head backward without a training forward".into()))?;
+                let v = bias.numel();
+                check_len("output gradient (N, V)", &[n, v], doutputs.len())?;
+                let emb = self.embedding.as_mut().expect("a tied head has an embedding");
+                for row in doutputs.chunks_exact(v) {
+                    bias.grad.iter_mut().zip(row).for_each(|(g, &d)| *g += d);
+                }
+                // dE (V, D) += dlogits^T (V, N) y (N, D); dy (N, D) = dlogits (N, V) E (V, D).
+                matmul(v, o, n, 1.0, doutputs, Trans::T, &y, Trans::N, 1.0, &mut emb.weight.grad);
+                let mut dy = vec![0.0f32; n * o]; // (N, D)
+                matmul(n, o, v, 1.0, doutputs, Trans::N, &emb.weight.value, Trans::N, 0.0, &mut dy);
+                dy
+            }
+        };
         let dy = match self.io.readout {
             Readout::EveryStep => dh,
             Readout::LastStep => {
-                let mut dy = vec![0.0; b * t * o]; // (B, T, O): only the last step has a gradient
+                let mut dy = vec![0.0; b * t * o]; // (B, T, O): only the pooled steps have a gradient
                 for bi in 0..b {
-                    dy[(bi * t + t - 1) * o..(bi * t + t) * o].copy_from_slice(&dh[bi * o..(bi + 1) * o]);
+                    let len = lengths.as_ref().map_or(t, |l| l[bi]);
+                    let g = &dh[bi * o..(bi + 1) * o];
+                    match self.config.pooling {
+                        Pooling::Last => dy[(bi * t + len - 1) * o..(bi * t + len) * o].copy_from_slice(g),
+                        Pooling::Mean => {
+                            for ti in 0..len {
+                                dy[(bi * t + ti) * o..(bi * t + ti + 1) * o].iter_mut().zip(g).for_each(|(d, &v)| *d = v / len as f32);
+                            }
+                        }
+                    }
                 }
                 dy
             }
@@ -272,8 +448,30 @@ impl Network {
             (StepInput::Tokens(_), None) => return Err(Error::Invalid("this network reads dense features, got token ids".into())),
         };
         self.backbone.step(x, &mut state.backbone, &mut state.y_buf)?;
-        self.head.apply(&state.y_buf, b, out)
+        match &self.head {
+            Head::Linear(lin) => lin.apply(&state.y_buf, b, out),
+            Head::Tied { bias, .. } => tied_apply(self.embedding.as_ref().expect("a tied head has an embedding"), bias, &state.y_buf, b, out),
+        }
     }
+}
+
+/// Embedding lookup without caching (inference).
+fn embed(emb: &Embedding, ids: &[u32]) -> Result<Vec<f32>> {
+    let mut x = vec![0.0f32; ids.len() * emb.dim()]; // (B, T, D)
+    emb.apply(ids, &mut x)?;
+    Ok(x)
+}
+
+/// `out (N, V) = y (N, D) E^T + bias` with the embedding matrix `E (V, D)`.
+fn tied_apply(emb: &Embedding, bias: &Param, y: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+    let (v, d) = (emb.vocab(), emb.dim());
+    check_len("tied head input (N, D)", &[n, d], y.len())?;
+    check_len("tied head output (N, V)", &[n, v], out.len())?;
+    for row in out.chunks_exact_mut(v) {
+        row.copy_from_slice(&bias.value);
+    }
+    matmul(n, v, d, 1.0, y, Trans::N, &emb.weight.value, Trans::T, 1.0, out);
+    Ok(())
 }
 
 impl Module for Backbone {
@@ -284,6 +482,14 @@ impl Module for Backbone {
     fn params_mut(&mut self) -> Vec<&mut Param> {
         Backbone::params_mut(self)
     }
+
+    fn buffers(&self) -> Vec<&Param> {
+        Backbone::buffers(self)
+    }
+
+    fn buffers_mut(&mut self) -> Vec<&mut Param> {
+        Backbone::buffers_mut(self)
+    }
 }
 
 impl Module for Network {
@@ -293,7 +499,10 @@ impl Module for Network {
             v.extend(e.params());
         }
         v.extend(self.backbone.params());
-        v.extend(self.head.params());
+        match &self.head {
+            Head::Linear(lin) => v.extend(lin.params()),
+            Head::Tied { bias, .. } => v.push(bias),
+        }
         v
     }
 
@@ -303,8 +512,19 @@ impl Module for Network {
             v.extend(e.params_mut());
         }
         v.extend(self.backbone.params_mut());
-        v.extend(self.head.params_mut());
+        match &mut self.head {
+            Head::Linear(lin) => v.extend(lin.params_mut()),
+            Head::Tied { bias, .. } => v.push(bias),
+        }
         v
+    }
+
+    fn buffers(&self) -> Vec<&Param> {
+        self.backbone.buffers()
+    }
+
+    fn buffers_mut(&mut self) -> Vec<&mut Param> {
+        self.backbone.buffers_mut()
     }
 }
 
@@ -345,9 +565,9 @@ mod tests {
 
     #[test]
     fn streaming_equals_forward_for_both_readouts() {
-        for kind in [ModelKind::Lstm, ModelKind::Gru, ModelKind::Tcn] {
+        for kind in ModelKind::ALL.iter().copied() {
             let layers = if kind == ModelKind::Tcn { 1 } else { 2 };
-            let cfg = ModelConfig { kind, hidden: 6, layers, levels: Some(2), ..Default::default() };
+            let cfg = ModelConfig { kind, hidden: 6, layers, levels: Some(2), heads: 2, features: Some(5), ..Default::default() };
             let (b, t) = (2, 5);
             // Token input, every-step readout.
             let mut net = Network::new(&cfg, io_tokens(), 1).unwrap();
@@ -404,6 +624,76 @@ mod tests {
             )
             .unwrap_or_else(|e| panic!("bidirectional={bidirectional}: {e}"));
             assert_eq!(reports.len(), net.params().len());
+        }
+    }
+
+    #[test]
+    fn attention_network_gradients_match_finite_differences() {
+        use crate::config::{Pooling, Positional};
+        // Causal LM with a tied head and learned positions; bidirectional classifiers with mean and last pooling.
+        let lm = TaskIo { input: InputKind::Tokens { vocab: 7 }, output_dim: 7, readout: Readout::EveryStep };
+        let cls = TaskIo { input: InputKind::Tokens { vocab: 7 }, output_dim: 3, readout: Readout::LastStep };
+        for kind in [ModelKind::Transformer, ModelKind::Linear, ModelKind::Performer] {
+            for (io, bidirectional, pooling, tie) in [(lm, false, Pooling::Last, true), (cls, true, Pooling::Mean, false), (cls, true, Pooling::Last, false)] {
+                let cfg = ModelConfig {
+                    kind,
+                    hidden: 4,
+                    heads: 2,
+                    layers: 1,
+                    d_ff: Some(6),
+                    features: Some(5),
+                    bidirectional,
+                    pooling,
+                    tie_embeddings: tie,
+                    positional: Positional::Learned,
+                    max_len: 8,
+                    ..Default::default()
+                };
+                let (b, t) = (2, 4);
+                let mut net = Network::new(&cfg, io, 9).unwrap();
+                let inputs = Inputs::Tokens((0..b * t).map(|i| (i * 3 % 7) as u32).collect());
+                let lengths = [4usize, 3];
+                let y = net.forward_padded(&inputs, b, t, Some(&lengths), None).unwrap();
+                let r = crate::gradcheck::projection_weights(y.len(), 7);
+                net.zero_grad();
+                net.backward(&r).unwrap();
+                crate::gradcheck::check_module_grads(
+                    &mut net,
+                    |n: &mut Network| crate::gradcheck::projection_loss(&n.forward_padded(&inputs, b, t, Some(&lengths), None).unwrap(), &r),
+                    // A 4-wide LayerNorm and 2-wide heads are strongly curved: a step of 3e-3 balances the truncation error
+                    // against the f32 rounding of the loss (1e-2 and 1e-4 both exceed the tolerance on exact gradients).
+                    &crate::gradcheck::GradCheckOpts { eps: 3e-3, ..Default::default() },
+                )
+                .unwrap_or_else(|e| panic!("{kind:?} bidirectional={bidirectional} {pooling:?}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn padding_does_not_change_a_bidirectional_classifier() {
+        use crate::config::Pooling;
+        let cls = TaskIo { input: InputKind::Tokens { vocab: 7 }, output_dim: 3, readout: Readout::LastStep };
+        for kind in [ModelKind::Transformer, ModelKind::Linear, ModelKind::Performer] {
+            for pooling in [Pooling::Mean, Pooling::Last] {
+                let cfg = ModelConfig { kind, hidden: 8, heads: 2, layers: 2, bidirectional: true, pooling, ..Default::default() };
+                let mut net = Network::new(&cfg, cls, 4).unwrap();
+                let (b, t) = (2, 6);
+                let mut ids: Vec<u32> = (0..b * t).map(|i| (i * 5 % 7) as u32).collect();
+                let lengths = [6usize, 4];
+                let before = net.predict_padded(&Inputs::Tokens(ids.clone()), b, t, Some(&lengths)).unwrap();
+                // Change the padding of the second sequence: nothing may move.
+                ids[t + 4] = 6;
+                ids[t + 5] = 0;
+                let after = net.predict_padded(&Inputs::Tokens(ids.clone()), b, t, Some(&lengths)).unwrap();
+                for (x, y) in before.iter().zip(&after) {
+                    assert!((x - y).abs() < 1e-6, "{kind:?} {pooling:?}: padding changed the output {x} -> {y}");
+                }
+                // The same sequence alone, unpadded, gives the same prediction.
+                let alone = net.predict(&Inputs::Tokens(ids[t..t + 4].to_vec()), 1, 4).unwrap();
+                for (x, y) in alone.iter().zip(&before[3..]) {
+                    assert!((x - y).abs() < 1e-5, "{kind:?} {pooling:?}: padded {y} vs unpadded {x}");
+                }
+            }
         }
     }
 

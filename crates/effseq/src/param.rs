@@ -56,6 +56,16 @@ pub trait Module {
     /// Every parameter, mutably, in the same order as [`Module::params`].
     fn params_mut(&mut self) -> Vec<&mut Param>;
 
+    /// Tensors saved with the parameters but never trained (a Performer's random features), in a fixed order.
+    fn buffers(&self) -> Vec<&Param> {
+        Vec::new()
+    }
+
+    /// Every buffer, mutably, in the order of [`Module::buffers`].
+    fn buffers_mut(&mut self) -> Vec<&mut Param> {
+        Vec::new()
+    }
+
     /// Sets every gradient to zero.
     fn zero_grad(&mut self) {
         for p in self.params_mut() {

@@ -26,6 +26,8 @@ pub mod streams {
     pub const DROPOUT: u64 = 4 << 40;
     /// Test-set data.
     pub const TEST_DATA: u64 = 5 << 40;
+    /// Performer random features: `FEATURES + draw * 4096 + layer`, the `draw`-th redraw of a layer's features.
+    pub const FEATURES: u64 = 6 << 40;
 }
 
 /// Fills `out` with U(-bound, bound).

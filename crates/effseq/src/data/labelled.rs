@@ -234,7 +234,7 @@ impl PixelClassification {
             }
             targets.push(i32::from(self.data.labels[image]));
         }
-        Batch { batch: images.len(), seq_len: steps, inputs: Inputs::Dense(inputs), targets: Targets::Classes(targets) }
+        Batch { batch: images.len(), seq_len: steps, inputs: Inputs::Dense(inputs), targets: Targets::Classes(targets), lengths: None }
     }
 
     /// Cross-entropy of `logits (B, C)` on `batch`, with its gradient, and the number of correct argmax predictions.

@@ -88,7 +88,7 @@ impl Adding {
                 *target += seq[t * INPUT_DIM];
             }
         }
-        Batch { batch: count, seq_len: t_len, inputs: Inputs::Dense(inputs), targets: Targets::Values(targets) }
+        Batch { batch: count, seq_len: t_len, inputs: Inputs::Dense(inputs), targets: Targets::Values(targets), lengths: None }
     }
 }
 

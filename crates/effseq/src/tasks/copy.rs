@@ -102,7 +102,7 @@ impl Copy {
             }
             seq[recall_start - 1] = DELIMITER;
         }
-        Batch { batch: count, seq_len: total, inputs: Inputs::Tokens(tokens), targets: Targets::Classes(targets) }
+        Batch { batch: count, seq_len: total, inputs: Inputs::Tokens(tokens), targets: Targets::Classes(targets), lengths: None }
     }
 }
 

@@ -360,7 +360,7 @@ impl Forecast {
                 targets.extend(self.targets.iter().map(|&f| self.normalised[t * dim + f]));
             }
         }
-        Batch { batch: origins.len(), seq_len: self.window, inputs: Inputs::Dense(inputs), targets: Targets::Values(targets) }
+        Batch { batch: origins.len(), seq_len: self.window, inputs: Inputs::Dense(inputs), targets: Targets::Values(targets), lengths: None }
     }
 
     /// Windows `start..start + count` (clipped) of a split as one batch.

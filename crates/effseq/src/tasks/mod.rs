@@ -8,6 +8,7 @@ use crate::model::Network;
 use crate::rng::{rng_for, streams, Rng};
 
 pub mod adding;
+pub mod charlm;
 pub mod copy;
 pub mod digits;
 pub mod forecast;
@@ -74,6 +75,9 @@ pub struct Batch {
     pub inputs: Inputs,
     /// Targets.
     pub targets: Targets,
+    /// Valid steps of each sequence when the batch is right-padded to `seq_len` (ListOps), `(B)`; `None` when every
+    /// sequence fills all `seq_len` steps.
+    pub lengths: Option<Vec<usize>>,
 }
 
 /// Sequences per evaluation batch are capped so that one batch holds about this many time steps (`B * T`),
@@ -98,6 +102,8 @@ pub enum Task {
     Smnist(smnist::Smnist),
     /// Forecasting a real series, [`forecast`].
     Forecast(forecast::Forecast),
+    /// Character-level language modelling, [`charlm`].
+    Charlm(charlm::CharLm),
 }
 
 /// The result of evaluating a model on a task's evaluation set.
@@ -125,16 +131,17 @@ pub struct Evaluation {
 }
 
 impl Task {
-    /// The model-facing shape of the task `cfg` describes, without loading any data (forecast: the input
-    /// features of the series and `horizon` times its targets).
-    pub fn io_of(cfg: &TaskConfig) -> TaskIo {
-        match cfg.kind {
+    /// The model-facing shape of the task `cfg` describes, without generating any data (forecast: the input
+    /// features of the series and `horizon` times its targets; charlm: the alphabet of its text, which is read).
+    pub fn io_of(cfg: &TaskConfig) -> Result<TaskIo> {
+        Ok(match cfg.kind {
             TaskKind::Adding => adding::Adding::io(),
             TaskKind::Copy => copy::Copy::io(),
             TaskKind::Digits => digits::Digits::io(),
             TaskKind::Smnist => smnist::Smnist::io(),
             TaskKind::Forecast => forecast::Forecast::io_for(cfg.series, cfg.horizon),
-        }
+            TaskKind::Charlm => charlm::CharLm::new(cfg.seq_len, 0)?.io(),
+        })
     }
 
     /// The task of `cfg`, whose every random stream derives from `seed`. The real-data tasks load their files
@@ -147,6 +154,7 @@ impl Task {
             TaskKind::Digits => Task::Digits(digits::Digits::new(seed)?),
             TaskKind::Smnist => Task::Smnist(smnist::Smnist::new(cfg.permute_seed, seed)?),
             TaskKind::Forecast => Task::Forecast(forecast::Forecast::new(cfg.series, cfg.seq_len, cfg.horizon, seed)?),
+            TaskKind::Charlm => Task::Charlm(charlm::CharLm::new(cfg.seq_len, seed)?),
         };
         if let (Some(fixed), Some(found)) = (cfg.kind.fixed_seq_len(), task.fixed_data_seq_len()) {
             if fixed != found {
@@ -164,6 +172,7 @@ impl Task {
             Task::Digits(_) => TaskKind::Digits,
             Task::Smnist(_) => TaskKind::Smnist,
             Task::Forecast(_) => TaskKind::Forecast,
+            Task::Charlm(_) => TaskKind::Charlm,
         }
     }
 
@@ -175,6 +184,7 @@ impl Task {
             Task::Digits(_) => digits::Digits::io(),
             Task::Smnist(_) => smnist::Smnist::io(),
             Task::Forecast(f) => f.io(),
+            Task::Charlm(c) => c.io(),
         }
     }
 
@@ -187,6 +197,7 @@ impl Task {
             Task::Digits(_) => digits::Digits::metric_name(),
             Task::Smnist(_) => smnist::Smnist::metric_name(),
             Task::Forecast(_) => forecast::Forecast::metric_name(),
+            Task::Charlm(_) => "bpc",
         }
     }
 
@@ -198,6 +209,7 @@ impl Task {
             Task::Digits(_) => digits::Digits::higher_is_better(),
             Task::Smnist(_) => smnist::Smnist::higher_is_better(),
             Task::Forecast(_) => forecast::Forecast::higher_is_better(),
+            Task::Charlm(_) => false,
         }
     }
 
@@ -215,6 +227,7 @@ impl Task {
             Task::Digits(d) => d.baseline_note(),
             Task::Smnist(s) => s.baseline_note(),
             Task::Forecast(f) => f.baseline_note(),
+            Task::Charlm(c) => c.baseline_note(),
         }
     }
 
@@ -227,6 +240,7 @@ impl Task {
             Task::Digits(d) => d.seq_len(),
             Task::Smnist(s) => s.seq_len(),
             Task::Forecast(f) => f.seq_len(),
+            Task::Charlm(c) => c.seq_len(),
         }
     }
 
@@ -235,7 +249,7 @@ impl Task {
         match self {
             Task::Digits(d) => Some(d.seq_len()),
             Task::Smnist(s) => Some(s.seq_len()),
-            Task::Adding(_) | Task::Copy(_) | Task::Forecast(_) => None,
+            Task::Adding(_) | Task::Copy(_) | Task::Forecast(_) | Task::Charlm(_) => None,
         }
     }
 
@@ -250,6 +264,7 @@ impl Task {
             Task::Digits(d) => d.train_batch(step, batch),
             Task::Smnist(s) => s.train_batch(step, batch),
             Task::Forecast(f) => f.train_batch(step, batch),
+            Task::Charlm(c) => c.train_batch(step, batch),
         }
     }
 
@@ -262,6 +277,7 @@ impl Task {
             Task::Digits(d) => d.eval_size(),
             Task::Smnist(s) => s.eval_size(),
             Task::Forecast(f) => f.eval_size(),
+            Task::Charlm(c) => c.eval_size(),
         }
     }
 
@@ -273,6 +289,7 @@ impl Task {
             Task::Digits(d) => d.seed(),
             Task::Smnist(s) => s.seed(),
             Task::Forecast(f) => f.seed(),
+            Task::Charlm(c) => c.seed(),
         }
     }
 
@@ -284,7 +301,7 @@ impl Task {
         let per_batch = (EVAL_STEPS_PER_BATCH / self.steps_per_sequence()).clamp(1, EVAL_MAX_BATCH);
         let source = match self {
             Task::Adding(_) | Task::Copy(_) => EvalSource::Generated(Box::new(rng_for(self.seed(), streams::EVAL_DATA))),
-            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) => EvalSource::Fixed { next: 0 },
+            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) => EvalSource::Fixed { next: 0 },
         };
         EvalSet { task: self, source, remaining: self.eval_size(), per_batch }
     }
@@ -293,7 +310,7 @@ impl Task {
     pub fn evaluate(&self, network: &mut Network) -> Result<Evaluation> {
         let mut acc = EvalAccumulator::default();
         for batch in self.eval_set() {
-            let outputs = network.predict(&batch.inputs, batch.batch, batch.seq_len)?;
+            let outputs = network.predict_padded(&batch.inputs, batch.batch, batch.seq_len, batch.lengths.as_deref())?;
             acc.add(self, &outputs, &batch)?;
         }
         acc.finish(self)
@@ -305,7 +322,7 @@ impl Task {
         match self {
             Task::Adding(a) => Some(a.generate(rng, count)),
             Task::Copy(c) => Some(c.generate(rng, count)),
-            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) => None,
+            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) => None,
         }
     }
 
@@ -317,6 +334,7 @@ impl Task {
             Task::Digits(d) => Some(d.eval_batch(start, count)),
             Task::Smnist(s) => Some(s.eval_batch(start, count)),
             Task::Forecast(f) => Some(f.eval_batch(start, count)),
+            Task::Charlm(c) => Some(c.eval_batch(start, count)),
         }
     }
 
@@ -447,6 +465,11 @@ impl EvalAccumulator {
                 self.loss_terms += outputs.len();
                 self.forecast_outputs.extend_from_slice(outputs);
             }
+            Task::Charlm(c) => {
+                let ce = c.score(outputs, batch)?;
+                self.loss_sum += f64::from(ce.loss) * ce.counted as f64;
+                self.loss_terms += ce.counted;
+            }
         }
         Ok(())
     }
@@ -469,6 +492,8 @@ impl EvalAccumulator {
             Task::Adding(_) => (loss, None, None),
             Task::Copy(_) => (accuracy, Some(mean(self.recall_loss_sum, self.scored)), None),
             Task::Digits(_) | Task::Smnist(_) => (accuracy, None, None),
+            // Bits per character: the mean cross-entropy in nats over ln 2.
+            Task::Charlm(_) => ((f64::from(loss) / std::f64::consts::LN_2) as f32, None, None),
             Task::Forecast(f) => {
                 let metrics = f.test_metrics(&self.forecast_outputs)?;
                 (metrics.mse as f32, None, Some(metrics))
@@ -599,12 +624,12 @@ mod task_tests {
         assert_eq!(forecast.seq_len, 60);
         for cfg in [TaskConfig::new(TaskKind::Adding), TaskConfig::new(TaskKind::Copy), TaskConfig::new(TaskKind::Digits), forecast] {
             let task = Task::new(&cfg, 0).unwrap();
-            assert_eq!(Task::io_of(&cfg), task.io(), "{:?}", cfg.kind);
+            assert_eq!(Task::io_of(&cfg).unwrap(), task.io(), "{:?}", cfg.kind);
             assert_eq!(task.kind(), cfg.kind);
         }
-        let seattle = Task::io_of(&TaskConfig::forecast(forecast::SeriesKind::Seattle, 3));
+        let seattle = Task::io_of(&TaskConfig::forecast(forecast::SeriesKind::Seattle, 3)).unwrap();
         assert_eq!(seattle, TaskIo { input: InputKind::Dense { dim: 4 }, output_dim: 3, readout: Readout::LastStep });
-        assert_eq!(Task::io_of(&TaskConfig::new(TaskKind::Smnist)), smnist::Smnist::io());
+        assert_eq!(Task::io_of(&TaskConfig::new(TaskKind::Smnist)).unwrap(), smnist::Smnist::io());
     }
 
     #[test]
