@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Write the table as Markdown to this file.
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
+    /// Draw the charts: FILE.svg or FILE.png (time vs length), FILE-memory and FILE-step beside it.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
 }
 
 fn parse_list<T>(what: &str, s: &str, parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
@@ -87,6 +90,9 @@ impl BenchArgs {
 /// human-readable lines then going to stderr).
 pub fn run(args: &BenchArgs, json: bool) -> Result<Vec<BenchRecord>> {
     let cfg = args.config()?;
+    if let Some(path) = &args.plot {
+        crate::plot::check_plot_path(path)?;
+    }
     let say = |text: &str| if json { eprint!("{text}") } else { print!("{text}") };
     say(&format!(
         "{}\n",
@@ -116,6 +122,11 @@ pub fn run(args: &BenchArgs, json: bool) -> Result<Vec<BenchRecord>> {
     }
     if let Some(path) = &args.markdown {
         write_atomic(path, bench::format_markdown(&records).as_bytes())?;
+    }
+    if let Some(path) = &args.plot {
+        for written in crate::plot::write_bench_plots(&records, path)? {
+            say(&format!("wrote {}\n", written.display()));
+        }
     }
     if json {
         let obj = serde_json::json!({ "command": "bench", "dim": cfg.dim, "records": records });

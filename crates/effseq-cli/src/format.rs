@@ -75,6 +75,7 @@ pub fn describe_task(cfg: &RunConfig) -> String {
         }
         TaskKind::Forecast => format!("{name} {}, window T = {}, horizon {}", t.series.name(), t.seq_len, t.horizon),
         TaskKind::Charlm => format!("{name} (Moby-Dick), context T = {} characters", t.seq_len),
+        TaskKind::Listops => format!("{name}, {}..{} tokens (published: 500..2000), {} test sequences", t.seq_len / 4, t.seq_len, t.eval_size),
     }
 }
 
@@ -93,7 +94,7 @@ pub fn task_label(t: &TaskConfig) -> String {
 /// What one evaluated sequence of a task is called: `sequences`, `test images` or `test windows`.
 pub fn sequences_noun(kind: TaskKind) -> &'static str {
     match kind {
-        TaskKind::Adding | TaskKind::Copy => "sequences",
+        TaskKind::Adding | TaskKind::Copy | TaskKind::Listops => "sequences",
         TaskKind::Digits | TaskKind::Smnist => "test images",
         TaskKind::Forecast | TaskKind::Charlm => "test windows",
     }

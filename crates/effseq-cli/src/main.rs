@@ -11,6 +11,7 @@ mod failure;
 mod format;
 mod generate_cmd;
 mod info_cmd;
+mod plot;
 mod progress;
 mod train_cmd;
 

@@ -80,11 +80,15 @@ pub enum TaskKind {
     /// Character-level language modelling on *Moby-Dick*: next-character prediction at every step, bits per
     /// character on the test part.
     Charlm,
+    /// ListOps from the Long Range Arena (Tay et al. 2020): the value of a nested MAX/MIN/MED/SM expression, 10
+    /// classes, sequences of `seq_len / 4 .. seq_len` tokens (published: 500-2000), padded per batch.
+    Listops,
 }
 
 impl TaskKind {
     /// All kinds, in the order the CLI lists them.
-    pub const ALL: &'static [TaskKind] = &[TaskKind::Adding, TaskKind::Copy, TaskKind::Digits, TaskKind::Smnist, TaskKind::Forecast, TaskKind::Charlm];
+    pub const ALL: &'static [TaskKind] =
+        &[TaskKind::Adding, TaskKind::Copy, TaskKind::Digits, TaskKind::Smnist, TaskKind::Forecast, TaskKind::Charlm, TaskKind::Listops];
 
     /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
@@ -95,6 +99,7 @@ impl TaskKind {
             TaskKind::Smnist => "smnist",
             TaskKind::Forecast => "forecast",
             TaskKind::Charlm => "charlm",
+            TaskKind::Listops => "listops",
         }
     }
 
@@ -120,7 +125,7 @@ impl TaskKind {
         match self {
             TaskKind::Digits => Some(crate::tasks::digits::SEQ_LEN),
             TaskKind::Smnist => Some(crate::tasks::smnist::SEQ_LEN),
-            TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast | TaskKind::Charlm => None,
+            TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast | TaskKind::Charlm | TaskKind::Listops => None,
         }
     }
 }
@@ -402,6 +407,7 @@ impl TaskConfig {
         match kind {
             TaskKind::Forecast => Self::default_window(series),
             TaskKind::Charlm => Self::DEFAULT_CHARLM_SEQ_LEN,
+            TaskKind::Listops => crate::tasks::listops::PUBLISHED_MAX_LEN,
             other => other.fixed_seq_len().unwrap_or(Self::DEFAULT_SEQ_LEN),
         }
     }

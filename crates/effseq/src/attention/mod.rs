@@ -278,8 +278,8 @@ impl MultiHeadAttention {
                         0.0
                     }
                     _ => {
-                        linear::elu_feature_map(q, &mut fq);
-                        linear::elu_feature_map(k, &mut fk);
+                        linear::elu_feature_map(q, &mut fq)?;
+                        linear::elu_feature_map(k, &mut fk)?;
                         LINEAR_EPS
                     }
                 };
@@ -291,13 +291,6 @@ impl MultiHeadAttention {
                 }
                 Ok(Saved::Features { fq, fk, decay, den })
             }
-        }
-    }
-
-    fn eps(&self) -> f32 {
-        match self.cfg.mechanism {
-            Mechanism::Performer { .. } => 0.0,
-            _ => LINEAR_EPS,
         }
     }
 
@@ -320,13 +313,12 @@ impl MultiHeadAttention {
             }
             Saved::Features { fq, fk, decay, den } => {
                 let f = self.cfg.feature_dim();
-                let eps = self.eps();
                 let mut dfq = vec![0.0f32; bh * t * f]; // (B, H, T, F)
                 let mut dfk = vec![0.0f32; bh * t * f]; // (B, H, T, F)
                 if causal {
-                    linear::causal_backward(&fq, &fk, &v, decay.as_deref(), &out, &den, &dout, bh, t, f, dh, eps, &mut dfq, &mut dfk, &mut dv)?;
+                    linear::causal_backward(&fq, &fk, &v, decay.as_deref(), &out, &den, &dout, bh, t, f, dh, &mut dfq, &mut dfk, &mut dv)?;
                 } else {
-                    linear::bidirectional_backward(&fq, &fk, &v, b, h, lengths.as_deref(), t, f, dh, eps, &out, &den, &dout, &mut dfq, &mut dfk, &mut dv)?;
+                    linear::bidirectional_backward(&fq, &fk, &v, b, h, lengths.as_deref(), &out, &den, &dout, t, f, dh, &mut dfq, &mut dfk, &mut dv)?;
                 }
                 match self.cfg.mechanism {
                     Mechanism::Performer { kernel, .. } => {
@@ -335,8 +327,8 @@ impl MultiHeadAttention {
                         favor::features_backward(&k, bh * t, dh, proj, f, kernel, &fk, &dfk, &mut dk)?;
                     }
                     _ => {
-                        linear::elu_feature_map_backward(&q, &dfq, &mut dq);
-                        linear::elu_feature_map_backward(&k, &dfk, &mut dk);
+                        linear::elu_feature_map_backward(&q, &dfq, &mut dq)?;
+                        linear::elu_feature_map_backward(&k, &dfk, &mut dk)?;
                     }
                 }
             }
@@ -401,8 +393,8 @@ impl MultiHeadAttention {
             }
             (AttentionState::Recurrent { state, running_max }, Mechanism::Linear) => {
                 let _ = running_max;
-                linear::elu_feature_map(&scratch.q, &mut scratch.fq);
-                linear::elu_feature_map(&scratch.k, &mut scratch.fk);
+                linear::elu_feature_map(&scratch.q, &mut scratch.fq)?;
+                linear::elu_feature_map(&scratch.k, &mut scratch.fk)?;
                 linear::causal_step(state, &scratch.fq, &scratch.fk, &scratch.v, None, LINEAR_EPS, &mut scratch.out)?;
             }
             (AttentionState::Recurrent { state, running_max }, Mechanism::Performer { features, kernel }) => {

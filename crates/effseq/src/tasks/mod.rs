@@ -12,6 +12,7 @@ pub mod charlm;
 pub mod copy;
 pub mod digits;
 pub mod forecast;
+pub mod listops;
 pub mod smnist;
 
 /// What the model reads at each time step.
@@ -104,6 +105,8 @@ pub enum Task {
     Forecast(forecast::Forecast),
     /// Character-level language modelling, [`charlm`].
     Charlm(charlm::CharLm),
+    /// Long Range Arena ListOps, [`listops`].
+    Listops(listops::ListOps),
 }
 
 /// The result of evaluating a model on a task's evaluation set.
@@ -141,6 +144,7 @@ impl Task {
             TaskKind::Smnist => smnist::Smnist::io(),
             TaskKind::Forecast => forecast::Forecast::io_for(cfg.series, cfg.horizon),
             TaskKind::Charlm => charlm::CharLm::new(cfg.seq_len, 0)?.io(),
+            TaskKind::Listops => listops::ListOps::io(),
         })
     }
 
@@ -155,6 +159,7 @@ impl Task {
             TaskKind::Smnist => Task::Smnist(smnist::Smnist::new(cfg.permute_seed, seed)?),
             TaskKind::Forecast => Task::Forecast(forecast::Forecast::new(cfg.series, cfg.seq_len, cfg.horizon, seed)?),
             TaskKind::Charlm => Task::Charlm(charlm::CharLm::new(cfg.seq_len, seed)?),
+            TaskKind::Listops => Task::Listops(listops::ListOps::new(cfg.seq_len, listops::PUBLISHED_TRAIN_SIZE, cfg.eval_size, seed)?),
         };
         if let (Some(fixed), Some(found)) = (cfg.kind.fixed_seq_len(), task.fixed_data_seq_len()) {
             if fixed != found {
@@ -173,6 +178,7 @@ impl Task {
             Task::Smnist(_) => TaskKind::Smnist,
             Task::Forecast(_) => TaskKind::Forecast,
             Task::Charlm(_) => TaskKind::Charlm,
+            Task::Listops(_) => TaskKind::Listops,
         }
     }
 
@@ -185,6 +191,7 @@ impl Task {
             Task::Smnist(_) => smnist::Smnist::io(),
             Task::Forecast(f) => f.io(),
             Task::Charlm(c) => c.io(),
+            Task::Listops(_) => listops::ListOps::io(),
         }
     }
 
@@ -198,6 +205,7 @@ impl Task {
             Task::Smnist(_) => smnist::Smnist::metric_name(),
             Task::Forecast(_) => forecast::Forecast::metric_name(),
             Task::Charlm(_) => "bpc",
+            Task::Listops(_) => "accuracy",
         }
     }
 
@@ -210,6 +218,7 @@ impl Task {
             Task::Smnist(_) => smnist::Smnist::higher_is_better(),
             Task::Forecast(_) => forecast::Forecast::higher_is_better(),
             Task::Charlm(_) => false,
+            Task::Listops(_) => true,
         }
     }
 
@@ -228,6 +237,7 @@ impl Task {
             Task::Smnist(s) => s.baseline_note(),
             Task::Forecast(f) => f.baseline_note(),
             Task::Charlm(c) => c.baseline_note(),
+            Task::Listops(l) => l.baseline_note(),
         }
     }
 
@@ -241,6 +251,7 @@ impl Task {
             Task::Smnist(s) => s.seq_len(),
             Task::Forecast(f) => f.seq_len(),
             Task::Charlm(c) => c.seq_len(),
+            Task::Listops(l) => l.max_len(),
         }
     }
 
@@ -249,7 +260,7 @@ impl Task {
         match self {
             Task::Digits(d) => Some(d.seq_len()),
             Task::Smnist(s) => Some(s.seq_len()),
-            Task::Adding(_) | Task::Copy(_) | Task::Forecast(_) | Task::Charlm(_) => None,
+            Task::Adding(_) | Task::Copy(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) => None,
         }
     }
 
@@ -265,6 +276,7 @@ impl Task {
             Task::Smnist(s) => s.train_batch(step, batch),
             Task::Forecast(f) => f.train_batch(step, batch),
             Task::Charlm(c) => c.train_batch(step, batch),
+            Task::Listops(l) => l.train_batch(step, batch).batch,
         }
     }
 
@@ -278,6 +290,7 @@ impl Task {
             Task::Smnist(s) => s.eval_size(),
             Task::Forecast(f) => f.eval_size(),
             Task::Charlm(c) => c.eval_size(),
+            Task::Listops(l) => l.eval_size(),
         }
     }
 
@@ -290,6 +303,7 @@ impl Task {
             Task::Smnist(s) => s.seed(),
             Task::Forecast(f) => f.seed(),
             Task::Charlm(c) => c.seed(),
+            Task::Listops(l) => l.seed(),
         }
     }
 
@@ -301,7 +315,7 @@ impl Task {
         let per_batch = (EVAL_STEPS_PER_BATCH / self.steps_per_sequence()).clamp(1, EVAL_MAX_BATCH);
         let source = match self {
             Task::Adding(_) | Task::Copy(_) => EvalSource::Generated(Box::new(rng_for(self.seed(), streams::EVAL_DATA))),
-            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) => EvalSource::Fixed { next: 0 },
+            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) => EvalSource::Fixed { next: 0 },
         };
         EvalSet { task: self, source, remaining: self.eval_size(), per_batch }
     }
@@ -322,7 +336,7 @@ impl Task {
         match self {
             Task::Adding(a) => Some(a.generate(rng, count)),
             Task::Copy(c) => Some(c.generate(rng, count)),
-            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) => None,
+            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) => None,
         }
     }
 
@@ -335,6 +349,7 @@ impl Task {
             Task::Smnist(s) => Some(s.eval_batch(start, count)),
             Task::Forecast(f) => Some(f.eval_batch(start, count)),
             Task::Charlm(c) => Some(c.eval_batch(start, count)),
+            Task::Listops(l) => Some(l.eval_batch(start, count).batch),
         }
     }
 
@@ -459,6 +474,7 @@ impl EvalAccumulator {
             }
             Task::Digits(d) => self.add_classified(&d.score(outputs, batch)?),
             Task::Smnist(s) => self.add_classified(&s.score(outputs, batch)?),
+            Task::Listops(l) => self.add_classified(&l.score(outputs, batch)?),
             Task::Forecast(f) => {
                 let (mse, _) = f.loss(outputs, batch)?;
                 self.loss_sum += f64::from(mse) * outputs.len() as f64;
@@ -491,7 +507,7 @@ impl EvalAccumulator {
         let (metric, recall_loss, forecast) = match task {
             Task::Adding(_) => (loss, None, None),
             Task::Copy(_) => (accuracy, Some(mean(self.recall_loss_sum, self.scored)), None),
-            Task::Digits(_) | Task::Smnist(_) => (accuracy, None, None),
+            Task::Digits(_) | Task::Smnist(_) | Task::Listops(_) => (accuracy, None, None),
             // Bits per character: the mean cross-entropy in nats over ln 2.
             Task::Charlm(_) => ((f64::from(loss) / std::f64::consts::LN_2) as f32, None, None),
             Task::Forecast(f) => {
