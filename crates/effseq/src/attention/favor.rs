@@ -403,9 +403,10 @@ mod tests {
                 let x_t: Vec<f32> = (0..bh).flat_map(|u| x[(u * t + j) * dh..(u * t + j + 1) * dh].to_vec()).collect();
                 key_features_step(&x_t, bh, dh, &proj, m, kernel, &mut running, &mut row, &mut d).unwrap();
                 for u in 0..bh {
-                    assert_eq!(d[u], decay[u * t + j]);
+                    // The step's one-row product and the batched GEMM round differently in the last bits.
+                    assert!((d[u] - decay[u * t + j]).abs() <= 1e-5 * decay[u * t + j].max(1e-3));
                     for f in 0..m {
-                        assert!((row[u * m + f] - all[(u * t + j) * m + f]).abs() <= 1e-6 * all[(u * t + j) * m + f].abs().max(1e-3));
+                        assert!((row[u * m + f] - all[(u * t + j) * m + f]).abs() <= 1e-4 * all[(u * t + j) * m + f].abs().max(1e-3));
                     }
                 }
             }
