@@ -391,8 +391,7 @@ impl MultiHeadAttention {
                 *len += 1;
                 softmax::decode_step(&scratch.q, k, v, b, h, *cap, *len, dh, &mut scratch.out)?;
             }
-            (AttentionState::Recurrent { state, running_max }, Mechanism::Linear) => {
-                let _ = running_max;
+            (AttentionState::Recurrent { state, .. }, Mechanism::Linear) => {
                 linear::elu_feature_map(&scratch.q, &mut scratch.fq)?;
                 linear::elu_feature_map(&scratch.k, &mut scratch.fk)?;
                 linear::causal_step(state, &scratch.fq, &scratch.fk, &scratch.v, None, LINEAR_EPS, &mut scratch.out)?;
@@ -437,26 +436,24 @@ fn split_heads(qkv: &[f32], b: usize, t: usize, h: usize, dh: usize, [q, k, v]: 
 
 /// Splits `x (B, T, D)` into head-major `(B, H, T, Dh)`.
 fn split_one(x: &[f32], b: usize, t: usize, h: usize, dh: usize, out: &mut [f32]) {
-    let d = h * dh;
-    for bi in 0..b {
-        for ti in 0..t {
-            for hi in 0..h {
-                let dst = ((bi * h + hi) * t + ti) * dh;
-                let src = (bi * t + ti) * d + hi * dh;
-                out[dst..dst + dh].copy_from_slice(&x[src..src + dh]);
-            }
-        }
-    }
+    permute_heads(x, b, t, h, dh, out, true);
 }
 
 /// Merges head-major `x (B, H, T, Dh)` into `(B, T, D)`.
 fn merge_heads(x: &[f32], b: usize, t: usize, h: usize, dh: usize, out: &mut [f32]) {
+    permute_heads(x, b, t, h, dh, out, false);
+}
+
+/// Copies every `Dh` block between the `(B, T, D)` and head-major `(B, H, T, Dh)` layouts, in the direction
+/// `to_heads`.
+fn permute_heads(x: &[f32], b: usize, t: usize, h: usize, dh: usize, out: &mut [f32], to_heads: bool) {
     let d = h * dh;
     for bi in 0..b {
         for ti in 0..t {
             for hi in 0..h {
-                let src = ((bi * h + hi) * t + ti) * dh;
-                let dst = (bi * t + ti) * d + hi * dh;
+                let head_major = ((bi * h + hi) * t + ti) * dh;
+                let time_major = (bi * t + ti) * d + hi * dh;
+                let (src, dst) = if to_heads { (time_major, head_major) } else { (head_major, time_major) };
                 out[dst..dst + dh].copy_from_slice(&x[src..src + dh]);
             }
         }
