@@ -43,6 +43,16 @@ pub fn describe_model(m: &ModelConfig) -> String {
             }
             s
         }
+        None if m.kind == effseq::config::ModelKind::Mamba => format!(
+            "{}, width {}, {} layer{plural}, state {}, expand {} (inner width {}), conv {}",
+            m.kind.name(),
+            m.hidden,
+            m.layers,
+            m.d_state,
+            m.expand,
+            m.expand * m.hidden,
+            m.d_conv
+        ),
         None => format!("{}, hidden {}, {} layer{plural}", m.kind.name(), m.hidden, m.layers),
     };
     if m.bidirectional {
@@ -76,6 +86,13 @@ pub fn describe_task(cfg: &RunConfig) -> String {
         TaskKind::Forecast => format!("{name} {}, window T = {}, horizon {}", t.series.name(), t.seq_len, t.horizon),
         TaskKind::Charlm => format!("{name} (Moby-Dick), context T = {} characters", t.seq_len),
         TaskKind::Listops => format!("{name}, {}..{} tokens (published: 500..2000), {} test sequences", t.seq_len / 4, t.seq_len, t.eval_size),
+        TaskKind::SelectiveCopy => format!(
+            "{name}, {} tokens among T = {} noise positions ({} steps), {} eval sequences",
+            effseq::tasks::selective_copy::TOKENS,
+            t.seq_len,
+            t.steps_per_sequence(),
+            t.eval_size
+        ),
     }
 }
 
@@ -94,7 +111,7 @@ pub fn task_label(t: &TaskConfig) -> String {
 /// What one evaluated sequence of a task is called: `sequences`, `test images` or `test windows`.
 pub fn sequences_noun(kind: TaskKind) -> &'static str {
     match kind {
-        TaskKind::Adding | TaskKind::Copy | TaskKind::Listops => "sequences",
+        TaskKind::Adding | TaskKind::Copy | TaskKind::Listops | TaskKind::SelectiveCopy => "sequences",
         TaskKind::Digits | TaskKind::Smnist => "test images",
         TaskKind::Forecast | TaskKind::Charlm => "test windows",
     }

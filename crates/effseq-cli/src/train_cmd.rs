@@ -19,16 +19,17 @@ use crate::progress::TrainProgress;
 /// Arguments of `effseq train`. Every flag overrides the config file, which overrides the defaults.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Model architecture: lstm, gru, tcn, transformer (softmax attention), linear (Linear Transformer) or
-    /// performer [default: lstm].
+    /// Model architecture: lstm, gru, tcn, transformer (softmax attention), linear (Linear Transformer),
+    /// performer or mamba [default: lstm].
     #[arg(long, value_parser = parse_model)]
     pub model: Option<ModelKind>,
-    /// Task: adding, copy, digits, smnist, forecast or charlm [default: adding].
+    /// Task: adding, copy, digits, smnist, forecast, charlm, listops or selective-copy [default: adding].
     #[arg(long, value_parser = parse_task)]
     pub task: Option<TaskKind>,
     /// Sequence length T (adding: steps; copy: the blank gap, sequences have T + 20 steps; forecast: the window of
-    /// past steps; digits and smnist: fixed at 64 and 784; charlm: characters of context)
-    /// [default: 50; forecast: 24 sunspots, 104 co2, 60 seattle; charlm: 256].
+    /// past steps; digits and smnist: fixed at 64 and 784; charlm: characters of context; listops: the longest
+    /// expression; selective-copy: the content region, sequences have T + 17 steps)
+    /// [default: 50; forecast: 24 sunspots, 104 co2, 60 seattle; charlm: 256; listops: 2000; selective-copy: 256].
     #[arg(long, value_name = "T")]
     pub seq_len: Option<usize>,
     /// Forecast: the series, sunspots, co2 or seattle [default: sunspots].
@@ -53,10 +54,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
     /// Width: hidden size H per layer and direction (LSTM/GRU), channels per level (TCN), or model width D
-    /// (attention models) [default: 128].
+    /// (attention models, mamba) [default: 128].
     #[arg(long, value_name = "H")]
     pub hidden: Option<usize>,
-    /// Stacked recurrent layers, or Transformer blocks [default: 1].
+    /// Stacked recurrent layers, Transformer blocks or Mamba layers [default: 1].
     #[arg(long, value_name = "L")]
     pub layers: Option<usize>,
     /// Add a time-reversed direction to every layer (LSTM/GRU); attend in both directions (attention models,
@@ -90,6 +91,15 @@ pub struct TrainArgs {
     /// One-prediction-per-sequence tasks: pool the last valid step or the mean of the valid steps [default: last].
     #[arg(long, value_name = "KIND", value_parser = parse_pooling)]
     pub pooling: Option<Pooling>,
+    /// Mamba: state size N of each channel's selective SSM [default: 16].
+    #[arg(long, value_name = "N")]
+    pub d_state: Option<usize>,
+    /// Mamba: inner width as a multiple of --hidden [default: 2].
+    #[arg(long, value_name = "E")]
+    pub expand: Option<usize>,
+    /// Mamba: width of the causal depthwise convolution [default: 4].
+    #[arg(long, value_name = "K")]
+    pub d_conv: Option<usize>,
     /// Learning-rate warmup steps [default: 100].
     #[arg(long, value_name = "N")]
     pub warmup: Option<u64>,
@@ -210,6 +220,9 @@ impl TrainArgs {
         set(&mut m.redraw_every, self.redraw_every);
         m.tie_embeddings |= self.tie_embeddings;
         set(&mut m.pooling, self.pooling);
+        set(&mut m.d_state, self.d_state);
+        set(&mut m.expand, self.expand);
+        set(&mut m.d_conv, self.d_conv);
         set(&mut m.kernel_size, self.kernel_size);
         if self.levels.is_some() {
             m.levels = self.levels;
@@ -286,8 +299,10 @@ impl TrainArgs {
 /// Whether `seq_len` means the same thing in two task configs: adding and copy share the generated length, a
 /// real-data task's T belongs to it (forecast: to its series).
 fn same_seq_len_meaning(a: &TaskConfig, b: &TaskConfig) -> bool {
+    // Adding and copy share the meaning (and default) of T; listops and selective copy have their own defaults.
+    let default = |t: &TaskConfig| TaskConfig::default_seq_len(t.kind, t.series);
     let generated = |t: &TaskConfig| !t.kind.is_real_data();
-    (generated(a) && generated(b)) || (a.kind == b.kind && (a.kind != TaskKind::Forecast || a.series == b.series))
+    (generated(a) && generated(b) && default(a) == default(b)) || (a.kind == b.kind && (a.kind != TaskKind::Forecast || a.series == b.series))
 }
 
 /// The default checkpoint directory of a fresh run: `runs/MODEL-TASK` (forecast: `runs/MODEL-forecast-SERIES`).

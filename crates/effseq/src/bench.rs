@@ -236,9 +236,21 @@ fn estimate_bytes(kind: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize
         ModelKind::Tcn => 6 * BENCH_TCN_LEVELS - 4,
         // One block: q, k, v, output, merged, norms, residuals and the 4D-wide feed-forward activations.
         ModelKind::Transformer | ModelKind::Linear | ModelKind::Performer => 24,
+        ModelKind::Mamba => 12,
     } as u64;
     let (b, t, d) = (b as u64, t as u64, d as u64);
     let weights = 2 * g * d * d * 4 * 3;
+    if kind == ModelKind::Mamba {
+        // Measured (B = 8, D = 256, T = 16384): inference walks the sequence in tiles and keeps about 4 D floats per
+        // token (input, output, tile buffers); training keeps the layer input, [x | z], delta_in, B, C and scan
+        // boundary states, and peaks at about 30 D floats per token during the backward (see mamba/mod.rs).
+        let per_token = match mode {
+            BenchMode::Step => 0,
+            BenchMode::Forward => 4 * d * 4,
+            BenchMode::Train => 30 * d * 4,
+        };
+        return weights + t * b * per_token;
+    }
     let acts = t * b * d * (g + 4) * 4;
     match mode {
         BenchMode::Step => weights,

@@ -24,11 +24,14 @@ pub enum ModelKind {
     Linear,
     /// Performer (Choromanski et al. 2020): FAVOR+ positive orthogonal random features.
     Performer,
+    /// Mamba (Gu & Dao 2023): the selective state-space model, `mamba_ssm`'s `MixerModel`.
+    Mamba,
 }
 
 impl ModelKind {
     /// All kinds, in the order the CLI lists them.
-    pub const ALL: &'static [ModelKind] = &[ModelKind::Lstm, ModelKind::Gru, ModelKind::Tcn, ModelKind::Transformer, ModelKind::Linear, ModelKind::Performer];
+    pub const ALL: &'static [ModelKind] =
+        &[ModelKind::Lstm, ModelKind::Gru, ModelKind::Tcn, ModelKind::Transformer, ModelKind::Linear, ModelKind::Performer, ModelKind::Mamba];
 
     /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
@@ -39,6 +42,7 @@ impl ModelKind {
             ModelKind::Transformer => "transformer",
             ModelKind::Linear => "linear",
             ModelKind::Performer => "performer",
+            ModelKind::Mamba => "mamba",
         }
     }
 
@@ -83,12 +87,24 @@ pub enum TaskKind {
     /// ListOps from the Long Range Arena (Tay et al. 2020): the value of a nested MAX/MIN/MED/SM expression, 10
     /// classes, sequences of `seq_len / 4 .. seq_len` tokens (published: 500-2000), padded per batch.
     Listops,
+    /// Selective copying (Gu & Dao 2023, sec. 4.1.1): 16 tokens scattered at random among `seq_len` noise
+    /// positions, to be reproduced in order after a separator: accuracy over the answers.
+    #[serde(rename = "selective-copy")]
+    SelectiveCopy,
 }
 
 impl TaskKind {
     /// All kinds, in the order the CLI lists them.
-    pub const ALL: &'static [TaskKind] =
-        &[TaskKind::Adding, TaskKind::Copy, TaskKind::Digits, TaskKind::Smnist, TaskKind::Forecast, TaskKind::Charlm, TaskKind::Listops];
+    pub const ALL: &'static [TaskKind] = &[
+        TaskKind::Adding,
+        TaskKind::Copy,
+        TaskKind::Digits,
+        TaskKind::Smnist,
+        TaskKind::Forecast,
+        TaskKind::Charlm,
+        TaskKind::Listops,
+        TaskKind::SelectiveCopy,
+    ];
 
     /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
@@ -100,6 +116,7 @@ impl TaskKind {
             TaskKind::Forecast => "forecast",
             TaskKind::Charlm => "charlm",
             TaskKind::Listops => "listops",
+            TaskKind::SelectiveCopy => "selective-copy",
         }
     }
 
@@ -125,7 +142,7 @@ impl TaskKind {
         match self {
             TaskKind::Digits => Some(crate::tasks::digits::SEQ_LEN),
             TaskKind::Smnist => Some(crate::tasks::smnist::SEQ_LEN),
-            TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast | TaskKind::Charlm | TaskKind::Listops => None,
+            TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast | TaskKind::Charlm | TaskKind::Listops | TaskKind::SelectiveCopy => None,
         }
     }
 }
@@ -177,6 +194,12 @@ pub struct ModelConfig {
     /// One-prediction-per-sequence tasks: how the sequence is pooled (the last valid step, or the mean of the
     /// valid steps); padding-aware. Default last.
     pub pooling: Pooling,
+    /// Mamba: state size N of every channel's selective SSM. Default 16 (the paper).
+    pub d_state: usize,
+    /// Mamba: expansion factor of the mixer's inner width, `d_inner = expand x hidden`. Default 2.
+    pub expand: usize,
+    /// Mamba: width of the causal depthwise convolution. Default 4.
+    pub d_conv: usize,
 }
 
 /// Position encoding of the attention models.
@@ -230,6 +253,9 @@ impl Default for ModelConfig {
             redraw_every: 1000,
             tie_embeddings: false,
             pooling: Pooling::Last,
+            d_state: 16,
+            expand: 2,
+            d_conv: 4,
         }
     }
 }
@@ -327,6 +353,19 @@ impl ModelConfig {
                 return Err(Error::config("model.features must be at least 1"));
             }
         }
+        if self.kind == ModelKind::Mamba {
+            if self.bidirectional {
+                return Err(Error::config("model.bidirectional does not apply to mamba (its scan and convolution are causal)"));
+            }
+            if self.dropout != 0.0 {
+                return Err(Error::config("model.dropout does not apply to mamba (mamba_ssm has no dropout); set it to 0"));
+            }
+            for (name, value) in [("d_state", self.d_state), ("expand", self.expand), ("d_conv", self.d_conv)] {
+                if value == 0 {
+                    return Err(Error::config(format!("model.{name} must be at least 1")));
+                }
+            }
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::config(format!("model.dropout must be in [0, 1), got {}", self.dropout)));
         }
@@ -394,9 +433,14 @@ impl TaskConfig {
         match self.kind {
             // Copy: 10 digits, the gap, the delimiter and 9 more blanks (see tasks::copy).
             TaskKind::Copy => self.seq_len + 20,
+            // Selective copy: the content region, the separator and the 16 answers.
+            TaskKind::SelectiveCopy => self.seq_len + 1 + crate::tasks::selective_copy::TOKENS,
             kind => kind.fixed_seq_len().unwrap_or(self.seq_len),
         }
     }
+
+    /// The default content region of selective copy (the paper uses 4096; 256 trains in minutes on a CPU).
+    pub const DEFAULT_SELECTIVE_COPY_SEQ_LEN: usize = 256;
 
     /// The default context of charlm, in characters.
     pub const DEFAULT_CHARLM_SEQ_LEN: usize = 256;
@@ -408,6 +452,7 @@ impl TaskConfig {
             TaskKind::Forecast => Self::default_window(series),
             TaskKind::Charlm => Self::DEFAULT_CHARLM_SEQ_LEN,
             TaskKind::Listops => crate::tasks::listops::PUBLISHED_MAX_LEN,
+            TaskKind::SelectiveCopy => Self::DEFAULT_SELECTIVE_COPY_SEQ_LEN,
             other => other.fixed_seq_len().unwrap_or(Self::DEFAULT_SEQ_LEN),
         }
     }

@@ -10,6 +10,7 @@ use crate::config::{FeatureKernelKind, ModelConfig, ModelKind, Pooling};
 use crate::error::{check_len, Error, Result};
 use crate::layers::{Embedding, Linear};
 use crate::linalg::{matmul, Trans};
+use crate::mamba::{Mamba, MambaConfig, MambaState};
 use crate::param::{Module, Param};
 use crate::rng::{rng_for, streams, Rng};
 use crate::rnn::{Rnn, RnnConfig, RnnState};
@@ -27,6 +28,8 @@ pub enum Backbone {
     /// Transformer with softmax, linear or FAVOR+ attention (boxed: its configuration and encoders make it far larger
     /// than the other variants).
     Transformer(Box<Transformer>),
+    /// Mamba stack (selective state spaces), boxed for the same reason.
+    Mamba(Box<Mamba>),
 }
 
 impl Backbone {
@@ -79,6 +82,12 @@ impl Backbone {
                 };
                 Backbone::Transformer(Box::new(Transformer::with_prefix(&tc, seed, "transformer.")?))
             }
+            ModelKind::Mamba => {
+                let mc =
+                    MambaConfig { d_state: cfg.d_state, expand: cfg.expand, d_conv: cfg.d_conv, ..MambaConfig::with_defaults(d_in, cfg.hidden, cfg.layers) };
+                // `mamba_ssm`'s `MixerModel` held in a field `backbone`, as its `MambaLMHeadModel` does.
+                Backbone::Mamba(Box::new(Mamba::with_prefix(&mc, seed, "backbone.")?))
+            }
         })
     }
 
@@ -94,6 +103,7 @@ impl Backbone {
             Backbone::Rnn(r) => r.forward(x, b, t, dropout),
             Backbone::Tcn(m) => m.forward(x, b, t, dropout),
             Backbone::Transformer(m) => m.run(x, b, t, lengths, dropout, true),
+            Backbone::Mamba(m) => m.forward(x, b, t, dropout),
         }
     }
 
@@ -108,6 +118,7 @@ impl Backbone {
             Backbone::Rnn(r) => r.infer(x, b, t),
             Backbone::Tcn(m) => m.infer(x, b, t),
             Backbone::Transformer(m) => m.run(x, b, t, lengths, None, false),
+            Backbone::Mamba(m) => m.infer(x, b, t),
         }
     }
 
@@ -117,6 +128,7 @@ impl Backbone {
             Backbone::Rnn(r) => r.backward(dy),
             Backbone::Tcn(m) => m.backward(dy),
             Backbone::Transformer(m) => m.backward(dy),
+            Backbone::Mamba(m) => m.backward(dy),
         }
     }
 
@@ -133,6 +145,7 @@ impl Backbone {
             Backbone::Rnn(r) => BackboneState::Rnn(r.zero_state(b)),
             Backbone::Tcn(m) => BackboneState::Tcn(m.zero_state(b)),
             Backbone::Transformer(m) => BackboneState::Transformer(m.zero_state(b)),
+            Backbone::Mamba(m) => BackboneState::Mamba(m.zero_state(b)),
         }
     }
 
@@ -142,6 +155,7 @@ impl Backbone {
             (Backbone::Rnn(r), BackboneState::Rnn(s)) => r.step(x_t, s, y_t),
             (Backbone::Tcn(m), BackboneState::Tcn(s)) => m.step(x_t, s, y_t),
             (Backbone::Transformer(m), BackboneState::Transformer(s)) => m.step(x_t, s, y_t),
+            (Backbone::Mamba(m), BackboneState::Mamba(s)) => m.step(x_t, s, y_t),
             _ => Err(Error::Invalid("streaming state belongs to a different architecture".into())),
         }
     }
@@ -151,6 +165,7 @@ impl Backbone {
             Backbone::Rnn(r) => r.params(),
             Backbone::Tcn(m) => m.params(),
             Backbone::Transformer(m) => m.params(),
+            Backbone::Mamba(m) => m.params(),
         }
     }
 
@@ -159,6 +174,7 @@ impl Backbone {
             Backbone::Rnn(r) => r.params_mut(),
             Backbone::Tcn(m) => m.params_mut(),
             Backbone::Transformer(m) => m.params_mut(),
+            Backbone::Mamba(m) => m.params_mut(),
         }
     }
 
@@ -200,6 +216,8 @@ pub enum BackboneState {
     Tcn(TcnState),
     /// Key/value caches or recurrent attention states of a Transformer.
     Transformer(TransformerState),
+    /// Convolution ring buffers and scan states of a Mamba stack.
+    Mamba(MambaState),
 }
 
 /// One step's input for [`Network::step`].

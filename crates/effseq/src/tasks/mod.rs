@@ -11,8 +11,10 @@ pub mod adding;
 pub mod charlm;
 pub mod copy;
 pub mod digits;
+pub mod duplicate;
 pub mod forecast;
 pub mod listops;
+pub mod selective_copy;
 pub mod smnist;
 
 /// What the model reads at each time step.
@@ -107,6 +109,8 @@ pub enum Task {
     Charlm(charlm::CharLm),
     /// Long Range Arena ListOps, [`listops`].
     Listops(listops::ListOps),
+    /// Selective copying, [`selective_copy`].
+    SelectiveCopy(selective_copy::SelectiveCopy),
 }
 
 /// The result of evaluating a model on a task's evaluation set.
@@ -145,6 +149,7 @@ impl Task {
             TaskKind::Forecast => forecast::Forecast::io_for(cfg.series, cfg.horizon),
             TaskKind::Charlm => charlm::CharLm::new(cfg.seq_len, 0)?.io(),
             TaskKind::Listops => listops::ListOps::io(),
+            TaskKind::SelectiveCopy => selective_copy::SelectiveCopy::io(),
         })
     }
 
@@ -160,6 +165,7 @@ impl Task {
             TaskKind::Forecast => Task::Forecast(forecast::Forecast::new(cfg.series, cfg.seq_len, cfg.horizon, seed)?),
             TaskKind::Charlm => Task::Charlm(charlm::CharLm::new(cfg.seq_len, seed)?),
             TaskKind::Listops => Task::Listops(listops::ListOps::new(cfg.seq_len, listops::PUBLISHED_TRAIN_SIZE, cfg.eval_size, seed)?),
+            TaskKind::SelectiveCopy => Task::SelectiveCopy(selective_copy::SelectiveCopy::new(cfg.seq_len, cfg.eval_size, seed)?),
         };
         if let (Some(fixed), Some(found)) = (cfg.kind.fixed_seq_len(), task.fixed_data_seq_len()) {
             if fixed != found {
@@ -179,6 +185,7 @@ impl Task {
             Task::Forecast(_) => TaskKind::Forecast,
             Task::Charlm(_) => TaskKind::Charlm,
             Task::Listops(_) => TaskKind::Listops,
+            Task::SelectiveCopy(_) => TaskKind::SelectiveCopy,
         }
     }
 
@@ -192,6 +199,7 @@ impl Task {
             Task::Forecast(f) => f.io(),
             Task::Charlm(c) => c.io(),
             Task::Listops(_) => listops::ListOps::io(),
+            Task::SelectiveCopy(_) => selective_copy::SelectiveCopy::io(),
         }
     }
 
@@ -205,7 +213,7 @@ impl Task {
             Task::Smnist(_) => smnist::Smnist::metric_name(),
             Task::Forecast(_) => forecast::Forecast::metric_name(),
             Task::Charlm(_) => "bpc",
-            Task::Listops(_) => "accuracy",
+            Task::Listops(_) | Task::SelectiveCopy(_) => "accuracy",
         }
     }
 
@@ -218,7 +226,7 @@ impl Task {
             Task::Smnist(_) => smnist::Smnist::higher_is_better(),
             Task::Forecast(_) => forecast::Forecast::higher_is_better(),
             Task::Charlm(_) => false,
-            Task::Listops(_) => true,
+            Task::Listops(_) | Task::SelectiveCopy(_) => true,
         }
     }
 
@@ -238,6 +246,7 @@ impl Task {
             Task::Forecast(f) => f.baseline_note(),
             Task::Charlm(c) => c.baseline_note(),
             Task::Listops(l) => l.baseline_note(),
+            Task::SelectiveCopy(c) => c.baseline_note(),
         }
     }
 
@@ -252,6 +261,7 @@ impl Task {
             Task::Forecast(f) => f.seq_len(),
             Task::Charlm(c) => c.seq_len(),
             Task::Listops(l) => l.max_len(),
+            Task::SelectiveCopy(c) => c.total_len(),
         }
     }
 
@@ -260,7 +270,7 @@ impl Task {
         match self {
             Task::Digits(d) => Some(d.seq_len()),
             Task::Smnist(s) => Some(s.seq_len()),
-            Task::Adding(_) | Task::Copy(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) => None,
+            Task::Adding(_) | Task::Copy(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) | Task::SelectiveCopy(_) => None,
         }
     }
 
@@ -277,6 +287,7 @@ impl Task {
             Task::Forecast(f) => f.train_batch(step, batch),
             Task::Charlm(c) => c.train_batch(step, batch),
             Task::Listops(l) => l.train_batch(step, batch).batch,
+            Task::SelectiveCopy(c) => c.train_batch(step, batch),
         }
     }
 
@@ -291,6 +302,7 @@ impl Task {
             Task::Forecast(f) => f.eval_size(),
             Task::Charlm(c) => c.eval_size(),
             Task::Listops(l) => l.eval_size(),
+            Task::SelectiveCopy(c) => c.eval_size(),
         }
     }
 
@@ -304,6 +316,7 @@ impl Task {
             Task::Forecast(f) => f.seed(),
             Task::Charlm(c) => c.seed(),
             Task::Listops(l) => l.seed(),
+            Task::SelectiveCopy(c) => c.seed(),
         }
     }
 
@@ -314,7 +327,7 @@ impl Task {
     pub fn eval_set(&self) -> EvalSet<'_> {
         let per_batch = (EVAL_STEPS_PER_BATCH / self.steps_per_sequence()).clamp(1, EVAL_MAX_BATCH);
         let source = match self {
-            Task::Adding(_) | Task::Copy(_) => EvalSource::Generated(Box::new(rng_for(self.seed(), streams::EVAL_DATA))),
+            Task::Adding(_) | Task::Copy(_) | Task::SelectiveCopy(_) => EvalSource::Generated(Box::new(rng_for(self.seed(), streams::EVAL_DATA))),
             Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) => EvalSource::Fixed { next: 0 },
         };
         EvalSet { task: self, source, remaining: self.eval_size(), per_batch }
@@ -336,6 +349,7 @@ impl Task {
         match self {
             Task::Adding(a) => Some(a.generate(rng, count)),
             Task::Copy(c) => Some(c.generate(rng, count)),
+            Task::SelectiveCopy(c) => Some(c.generate(rng, count)),
             Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) => None,
         }
     }
@@ -344,7 +358,7 @@ impl Task {
     /// `None` for the generated tasks, whose evaluation set is drawn in order from a stream ([`Task::eval_set`]).
     pub fn eval_batch(&self, start: usize, count: usize) -> Option<Batch> {
         match self {
-            Task::Adding(_) | Task::Copy(_) => None,
+            Task::Adding(_) | Task::Copy(_) | Task::SelectiveCopy(_) => None,
             Task::Digits(d) => Some(d.eval_batch(start, count)),
             Task::Smnist(s) => Some(s.eval_batch(start, count)),
             Task::Forecast(f) => Some(f.eval_batch(start, count)),
@@ -475,6 +489,7 @@ impl EvalAccumulator {
             Task::Digits(d) => self.add_classified(&d.score(outputs, batch)?),
             Task::Smnist(s) => self.add_classified(&s.score(outputs, batch)?),
             Task::Listops(l) => self.add_classified(&l.score(outputs, batch)?),
+            Task::SelectiveCopy(c) => self.add_classified(&c.score(outputs, batch)?),
             Task::Forecast(f) => {
                 let (mse, _) = f.loss(outputs, batch)?;
                 self.loss_sum += f64::from(mse) * outputs.len() as f64;
@@ -507,7 +522,7 @@ impl EvalAccumulator {
         let (metric, recall_loss, forecast) = match task {
             Task::Adding(_) => (loss, None, None),
             Task::Copy(_) => (accuracy, Some(mean(self.recall_loss_sum, self.scored)), None),
-            Task::Digits(_) | Task::Smnist(_) | Task::Listops(_) => (accuracy, None, None),
+            Task::Digits(_) | Task::Smnist(_) | Task::Listops(_) | Task::SelectiveCopy(_) => (accuracy, None, None),
             // Bits per character: the mean cross-entropy in nats over ln 2.
             Task::Charlm(_) => ((f64::from(loss) / std::f64::consts::LN_2) as f32, None, None),
             Task::Forecast(f) => {
