@@ -16,6 +16,9 @@ pub struct EvalArgs {
     /// Checkpoint directory written by `effseq train`.
     #[arg(long, value_name = "DIR")]
     pub checkpoint: PathBuf,
+    /// Reformer: evaluate with this many LSH hash rounds instead of the number it was trained with.
+    #[arg(long, value_name = "K")]
+    pub n_hashes: Option<usize>,
 }
 
 /// The last line of `effseq eval --json`.
@@ -28,6 +31,8 @@ struct EvalJson<'a> {
     #[serde(flatten)]
     task_fields: TaskFields,
     step: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n_hashes: Option<usize>,
     eval_metric: f32,
     /// Every field of the evaluation (metric, metric_name, loss, sequences, and recall_loss or forecast).
     #[serde(flatten)]
@@ -37,10 +42,14 @@ struct EvalJson<'a> {
 /// Runs `effseq eval`.
 pub fn run(args: &EvalArgs, json: bool) -> Result<(), CliError> {
     let (config, mut network, state) = checkpoint::load_model(&args.checkpoint)?;
+    if args.n_hashes.is_some() {
+        network.set_eval_hash_rounds(args.n_hashes)?;
+    }
     let task = Task::new(&config.task, config.train.seed)?;
     let eval = task.evaluate(&mut network)?;
+    let hashes = args.n_hashes.map(|k| format!(" with {k} hash round{}", if k == 1 { "" } else { "s" })).unwrap_or_default();
     let summary = format!(
-        "{} on {} after {} steps: {} on {} {}",
+        "{}{hashes} on {} after {} steps: {} on {} {}",
         config.model.kind.name(),
         task_label(&config.task),
         state.step,
@@ -57,6 +66,7 @@ pub fn run(args: &EvalArgs, json: bool) -> Result<(), CliError> {
             seq_len: config.task.seq_len,
             task_fields: task_fields(&config.task),
             step: state.step,
+            n_hashes: args.n_hashes,
             eval_metric: eval.metric,
             eval: &eval,
         };

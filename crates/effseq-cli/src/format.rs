@@ -38,6 +38,10 @@ pub fn describe_model(m: &ModelConfig) -> String {
                 let redraw = if m.redraw_every == 0 { "never redrawn".to_string() } else { format!("redrawn every {} steps", m.redraw_every) };
                 s.push_str(&format!(", {} {:?} random features per head, {redraw}", m.feature_count(), m.feature_kernel).to_lowercase());
             }
+            if m.kind == effseq::config::ModelKind::Reformer {
+                let layers = if m.reversible { "reversible" } else { "stored activations" };
+                s.push_str(&format!(", LSH buckets of {} with {} hash rounds, {layers}, feed-forward in {} chunks", m.bucket_size, m.n_hashes, m.ff_chunks));
+            }
             if m.tie_embeddings {
                 s.push_str(", tied embeddings");
             }
@@ -86,6 +90,7 @@ pub fn describe_task(cfg: &RunConfig) -> String {
         TaskKind::Forecast => format!("{name} {}, window T = {}, horizon {}", t.series.name(), t.seq_len, t.horizon),
         TaskKind::Charlm => format!("{name} (Moby-Dick), context T = {} characters", t.seq_len),
         TaskKind::Listops => format!("{name}, {}..{} tokens (published: 500..2000), {} test sequences", t.seq_len / 4, t.seq_len, t.eval_size),
+        TaskKind::Duplicate => format!("{name}, T = {} (0 w 0 w, |w| = {}, 127 symbols), {} eval sequences", t.seq_len, t.seq_len / 2 - 1, t.eval_size),
         TaskKind::SelectiveCopy => format!(
             "{name}, {} tokens among T = {} noise positions ({} steps), {} eval sequences",
             effseq::tasks::selective_copy::TOKENS,
@@ -111,7 +116,7 @@ pub fn task_label(t: &TaskConfig) -> String {
 /// What one evaluated sequence of a task is called: `sequences`, `test images` or `test windows`.
 pub fn sequences_noun(kind: TaskKind) -> &'static str {
     match kind {
-        TaskKind::Adding | TaskKind::Copy | TaskKind::Listops | TaskKind::SelectiveCopy => "sequences",
+        TaskKind::Adding | TaskKind::Copy | TaskKind::Listops | TaskKind::SelectiveCopy | TaskKind::Duplicate => "sequences",
         TaskKind::Digits | TaskKind::Smnist => "test images",
         TaskKind::Forecast | TaskKind::Charlm => "test windows",
     }

@@ -6,6 +6,7 @@
 //! ([`failure::exit`]). With `--json` the last line of stdout is one JSON object.
 
 mod bench_cmd;
+mod compare_cmd;
 mod eval_cmd;
 mod failure;
 mod format;
@@ -52,6 +53,12 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Sample text from a charlm checkpoint with the model's streaming step, and report tokens/s.
     Generate(generate_cmd::GenerateArgs),
+    /// Train several models on one task with matched parameter counts and the same budget (seconds or steps):
+    /// one table (parameters, steps, steps/s, train loss, test metric, peak memory) and a metric-against-time chart.
+    Compare(Box<compare_cmd::CompareArgs>),
+    /// Internal: trains one model of `effseq compare` in a fresh process (spec on stdin, events on stdout).
+    #[command(name = "compare-worker", hide = true)]
+    CompareWorker(compare_cmd::WorkerArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -61,6 +68,8 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Eval(args) => eval_cmd::run(&args, cli.json),
         Command::Info(args) => info_cmd::run(&args, cli.json),
         Command::Generate(args) => generate_cmd::run(&args, cli.json),
+        Command::Compare(args) => compare_cmd::run(&args, cli.json),
+        Command::CompareWorker(args) => compare_cmd::run_worker(&args),
         Command::Bench(args) => {
             bench_cmd::run(&args, cli.json)?;
             Ok(())

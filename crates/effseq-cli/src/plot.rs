@@ -1,5 +1,10 @@
-//! Charts of `effseq bench` (SVG or PNG, by the file's extension), drawn with `plotters`.
+//! Charts of `effseq bench` and `effseq compare` (SVG or PNG, by the file's extension), drawn with `plotters`.
 //!
+//! `effseq compare` draws one panel ([`write_compare_plot`]): the test metric of every model against its training
+//! time, one line per model through its evaluations; the y axis is logarithmic for a lower-is-better metric that
+//! spans more than a decade (an MSE falling from 0.17 to 0.001), linear otherwise (accuracy, bits per character).
+//!
+//! `effseq bench`:
 //! From one path `FILE.ext` three charts are written, each only when the records hold something to draw:
 //! - `FILE.ext`: median time of one run against the sequence length T, for the sequence modes (forward, train);
 //! - `FILE-memory.ext`: peak extra heap (MiB) against T, for every mode;
@@ -317,21 +322,39 @@ fn step_chart(records: &[BenchRecord]) -> Chart {
     }
 }
 
+/// Something drawn into one image: the bench [`Chart`] grid or the [`CompareChart`].
+trait Drawable {
+    /// Image size in pixels.
+    fn pixels(&self) -> (u32, u32);
+    /// Draws the whole image on `root`.
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String>;
+}
+
+impl Drawable for Chart {
+    fn pixels(&self) -> (u32, u32) {
+        self.size()
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
+        render(root, self)
+    }
+}
+
 /// Renders `chart` into `path` through a temporary file in the same folder.
-fn write_chart(chart: &Chart, path: &Path, format: Format) -> Result<()> {
+fn write_chart(chart: &impl Drawable, path: &Path, format: Format) -> Result<()> {
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // The temporary file keeps the extension: the PNG encoder picks the format from it.
     let ext = if format == Format::Svg { "svg" } else { "png" };
     let tmp = path.with_file_name(format!(".{file_name}.{}.tmp.{ext}", std::process::id()));
-    let size = chart.size();
+    let size = chart.pixels();
     let drawn = match format {
         Format::Svg => {
             let root = SVGBackend::new(&tmp, size).into_drawing_area();
-            render(&root, chart).and_then(|()| root.present().map_err(|e| e.to_string()))
+            chart.draw(&root).and_then(|()| root.present().map_err(|e| e.to_string()))
         }
         Format::Png => {
             let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-            render(&root, chart).and_then(|()| root.present().map_err(|e| e.to_string()))
+            chart.draw(&root).and_then(|()| root.present().map_err(|e| e.to_string()))
         }
     };
     if let Err(msg) = drawn {
@@ -411,23 +434,171 @@ fn render<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart) -> s
     }
     // Legend: one entry per model that has a line, at the right of the panels.
     let drawn_models: BTreeSet<usize> = chart.panels.iter().flat_map(|p| p.lines.iter().map(|l| l.model)).collect();
-    let legend_x = (width - LEGEND_W) as i32 + 16;
+    let entries: Vec<(usize, &str)> = drawn_models.iter().map(|&model| (model, chart.models[model].as_str())).collect();
+    draw_legend(root, &entries, (width - LEGEND_W) as i32)?;
+    draw_note(root, &chart.note, height)
+}
+
+/// The legend in the column from pixel `left` to the right of the image: `models`, then a line, a marker and the
+/// name of each `(index, name)`.
+fn draw_legend<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, entries: &[(usize, &str)], left: i32) -> std::result::Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let legend_x = left + 16;
     let text = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
     let mut y = TITLE_H as i32 + 30;
     root.draw_text("models", &TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Left, VPos::Center)), (legend_x, y)).map_err(err)?;
-    for &model in &drawn_models {
+    for &(model, name) in entries {
         y += 26;
         let color = PALETTE[model % PALETTE.len()];
         root.draw(&PathElement::new(vec![(legend_x, y), (legend_x + 34, y)], color.stroke_width(2))).map_err(err)?;
         draw_marker(root, model, (legend_x + 17, y), color)?;
-        root.draw_text(&chart.models[model], &text, (legend_x + 44, y)).map_err(err)?;
-    }
-    // Note under the panels.
-    let note = TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Top));
-    for (i, line) in chart.note.iter().enumerate() {
-        root.draw_text(line, &note, (12, (height - NOTE_H) as i32 + 6 + 17 * i as i32)).map_err(err)?;
+        root.draw_text(name, &text, (legend_x + 44, y)).map_err(err)?;
     }
     Ok(())
+}
+
+/// The note lines in the band under the panels of an image `height` pixels high.
+fn draw_note<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, lines: &[String], height: u32) -> std::result::Result<(), String> {
+    let note = TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Top));
+    for (i, line) in lines.iter().enumerate() {
+        root.draw_text(line, &note, (12, (height - NOTE_H) as i32 + 6 + 17 * i as i32)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Width of the `effseq compare` panel, pixels.
+const COMPARE_W: u32 = 820;
+/// Height of the `effseq compare` panel, pixels.
+const COMPARE_H: u32 = 480;
+/// Width of the `effseq compare` legend column, pixels: its entries carry the parameter counts.
+const COMPARE_LEGEND_W: u32 = 270;
+
+/// One model's line in the [`CompareChart`].
+#[derive(Clone, Debug)]
+pub struct CurveLine {
+    /// The model's name, for the legend.
+    pub model: String,
+    /// `(seconds of training, metric)` at each evaluation, in time order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// The `effseq compare` chart: the test metric of every model against its training time.
+#[derive(Clone, Debug)]
+pub struct CompareChart {
+    /// Title over the panel.
+    pub title: String,
+    /// The metric's name (`mse`, `accuracy`, `bpc`).
+    pub metric: String,
+    /// Whether a larger metric is better (names the direction on the y axis).
+    pub higher_is_better: bool,
+    /// One line per model, in the legend's order (colour `i` for line `i`).
+    pub lines: Vec<CurveLine>,
+    /// Lines of the note under the panel (at most three fit).
+    pub note: Vec<String>,
+}
+
+impl CompareChart {
+    /// The finite points of every line.
+    fn points(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.lines.iter().flat_map(|l| l.points.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite())
+    }
+
+    /// Whether the y axis is logarithmic: a lower-is-better metric, positive, spanning more than a decade.
+    fn log_y(&self) -> bool {
+        let (lo, hi) = self.points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, y)| (lo.min(y), hi.max(y)));
+        !self.higher_is_better && lo > 0.0 && hi / lo > 10.0
+    }
+
+    /// The x range (from 0) and the y range, with margins; whole decades on a log y axis.
+    fn ranges(&self) -> ((f64, f64), (f64, f64)) {
+        let (mut x_hi, mut y_lo, mut y_hi) = (0.0f64, f64::INFINITY, f64::NEG_INFINITY);
+        for (x, y) in self.points() {
+            x_hi = x_hi.max(x);
+            y_lo = y_lo.min(y);
+            y_hi = y_hi.max(y);
+        }
+        let x_hi = if x_hi > 0.0 { x_hi * 1.05 } else { 1.0 };
+        if self.log_y() {
+            let below = 10f64.powi(y_lo.log10().floor() as i32);
+            let above = 10f64.powi(y_hi.log10().ceil() as i32);
+            return ((0.0, x_hi), (below * 0.999, above * 1.001));
+        }
+        let pad = if y_hi > y_lo { 0.06 * (y_hi - y_lo) } else { 0.1 * y_hi.abs().max(1e-3) };
+        ((0.0, x_hi), (y_lo - pad, y_hi + pad))
+    }
+}
+
+impl Drawable for CompareChart {
+    fn pixels(&self) -> (u32, u32) {
+        (COMPARE_W + COMPARE_LEGEND_W, TITLE_H + COMPARE_H + NOTE_H)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
+        let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        root.fill(&WHITE).map_err(err)?;
+        let (width, height) = self.pixels();
+        let title_style = TextStyle::from((FONT, 20).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
+        root.draw_text(&self.title, &title_style, (width as i32 / 2, TITLE_H as i32 / 2)).map_err(err)?;
+        let body = root.margin(TITLE_H, NOTE_H, 0, COMPARE_LEGEND_W);
+        let ((x_lo, x_hi), (y_lo, y_hi)) = self.ranges();
+        if self.log_y() {
+            draw_curves(root, &body, self, x_lo..x_hi, (y_lo..y_hi).log_scale())?;
+        } else {
+            draw_curves(root, &body, self, x_lo..x_hi, y_lo..y_hi)?;
+        }
+        let entries: Vec<(usize, &str)> = self.lines.iter().enumerate().filter(|(_, l)| !l.points.is_empty()).map(|(i, l)| (i, l.model.as_str())).collect();
+        draw_legend(root, &entries, (width - COMPARE_LEGEND_W) as i32)?;
+        draw_note(root, &self.note, height)
+    }
+}
+
+/// The axes of the compare chart on `area` with the y coordinate `y` (linear or logarithmic), and its lines.
+fn draw_curves<DB, Y>(
+    root: &DrawingArea<DB, Shift>,
+    area: &DrawingArea<DB, Shift>,
+    chart: &CompareChart,
+    x: std::ops::Range<f64>,
+    y: Y,
+) -> std::result::Result<(), String>
+where
+    DB: DrawingBackend,
+    Y: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+    Y::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let direction = if chart.higher_is_better { "higher" } else { "lower" };
+    let y_desc = format!("test {} ({direction} is better)", chart.metric);
+    let mut plot = ChartBuilder::on(area).margin(12).x_label_area_size(44).y_label_area_size(72).build_cartesian_2d(x, y).map_err(err)?;
+    plot.configure_mesh()
+        .x_desc("training time (s, evaluations not counted)")
+        .y_desc(y_desc)
+        .x_label_formatter(&|v| tick_label(*v))
+        .y_label_formatter(&|v| tick_label(*v))
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 14))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(err)?;
+    for (model, line) in chart.lines.iter().enumerate() {
+        let color = PALETTE[model % PALETTE.len()];
+        let points: Vec<(f64, f64)> = line.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        plot.draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2))).map_err(err)?;
+        for point in &points {
+            draw_marker(root, model, plot.backend_coord(point), color)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the compare chart to `path` (`.svg` or `.png`), through a temporary file renamed into place. A chart
+/// without a single point is an [`Error::Invalid`].
+pub fn write_compare_plot(chart: &CompareChart, path: &Path) -> Result<()> {
+    let format = format_of(path)?;
+    register_shipped_font()?;
+    if chart.points().next().is_none() {
+        return Err(Error::Invalid(format!("nothing to plot in {}: no model was evaluated", path.display())));
+    }
+    write_chart(chart, path, format)
 }
 
 #[cfg(test)]
@@ -565,5 +736,52 @@ mod tests {
             (tick_label(256.0), tick_label(4096.0), tick_label(65536.0), tick_label(0.05), tick_label(1e5), tick_label(12.5)),
             ("256".into(), "4k".into(), "64k".into(), "0.05".into(), "1e5".into(), "12.5".into())
         );
+    }
+
+    /// A compare chart of two models over three evaluations of `values`.
+    fn compare_chart(metric: &str, higher_is_better: bool, values: [f64; 3]) -> CompareChart {
+        CompareChart {
+            title: "effseq compare: test".into(),
+            metric: metric.into(),
+            higher_is_better,
+            lines: vec![
+                CurveLine { model: "lstm_toy".into(), points: vec![(0.0, values[0]), (1.0, values[1]), (2.0, values[2])] },
+                CurveLine { model: "gru_toy".into(), points: vec![(0.0, values[0]), (1.5, values[2])] },
+            ],
+            note: vec!["a note under the panel".into()],
+        }
+    }
+
+    #[test]
+    fn compare_chart_draws_every_model_on_the_scale_its_metric_needs() {
+        let mse = compare_chart("mse", false, [1.0, 0.1, 0.001]);
+        assert!(mse.log_y(), "a falling error over three decades is drawn on a log axis");
+        assert!(!compare_chart("accuracy", true, [0.1, 0.5, 0.9]).log_y());
+        assert!(!compare_chart("bpc", false, [4.0, 3.0, 2.5]).log_y(), "within a decade: linear");
+        assert_eq!(mse.ranges(), ((0.0, 2.0 * 1.05), (0.001 * 0.999, 1.0 * 1.001)));
+
+        let dir = tempfile::tempdir().unwrap();
+        let svg_path = dir.path().join("cmp.svg");
+        write_compare_plot(&mse, &svg_path).unwrap();
+        let svg = std::fs::read_to_string(&svg_path).unwrap();
+        for text in ["lstm_toy", "gru_toy", "test mse (lower is better)", "training time (s, evaluations not counted)", "a note under the panel"] {
+            assert!(svg.contains(text), "the SVG shows {text:?}");
+        }
+        let labels = svg_texts(&svg);
+        assert!(["0.001", "0.01", "0.1", "1"].iter().all(|l| labels.iter().any(|t| t == l)), "decade labels: {labels:?}");
+
+        let png_path = dir.path().join("cmp.png");
+        write_compare_plot(&compare_chart("accuracy", true, [0.1, 0.5, 0.9]), &png_path).unwrap();
+        let bytes = std::fs::read(&png_path).unwrap();
+        assert_eq!(png_size(&bytes), (COMPARE_W + COMPARE_LEGEND_W, TITLE_H + COMPARE_H + NOTE_H));
+        let image = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        for color in [PALETTE[0], PALETTE[1]] {
+            assert!(image.pixels().any(|p| p.0 == [color.0, color.1, color.2]), "colour {color:?} drawn");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary file left");
+
+        let empty = CompareChart { lines: vec![CurveLine { model: "x".into(), points: vec![] }], ..mse.clone() };
+        assert!(matches!(write_compare_plot(&empty, &dir.path().join("e.svg")), Err(Error::Invalid(_))));
+        assert!(matches!(write_compare_plot(&mse, &dir.path().join("c.pdf")), Err(Error::Invalid(_))));
     }
 }

@@ -16,20 +16,22 @@ use crate::failure::CliError;
 use crate::format::{describe_eval, describe_model, describe_task, describe_train, grouped, task_fields, TaskFields};
 use crate::progress::TrainProgress;
 
-/// Arguments of `effseq train`. Every flag overrides the config file, which overrides the defaults.
-#[derive(Args, Debug)]
+/// Arguments of `effseq train`. Every flag overrides the config file, which overrides the defaults. `effseq
+/// compare` builds one (from `Default`, every flag unset) per model to share [`TrainArgs::fresh_config`].
+#[derive(Args, Debug, Default)]
 pub struct TrainArgs {
     /// Model architecture: lstm, gru, tcn, transformer (softmax attention), linear (Linear Transformer),
-    /// performer or mamba [default: lstm].
+    /// performer, reformer (LSH attention, reversible layers) or mamba [default: lstm].
     #[arg(long, value_parser = parse_model)]
     pub model: Option<ModelKind>,
-    /// Task: adding, copy, digits, smnist, forecast, charlm, listops or selective-copy [default: adding].
+    /// Task: adding, copy, digits, smnist, forecast, charlm, listops, selective-copy or duplicate [default: adding].
     #[arg(long, value_parser = parse_task)]
     pub task: Option<TaskKind>,
     /// Sequence length T (adding: steps; copy: the blank gap, sequences have T + 20 steps; forecast: the window of
     /// past steps; digits and smnist: fixed at 64 and 784; charlm: characters of context; listops: the longest
-    /// expression; selective-copy: the content region, sequences have T + 17 steps)
-    /// [default: 50; forecast: 24 sunspots, 104 co2, 60 seattle; charlm: 256; listops: 2000; selective-copy: 256].
+    /// expression; selective-copy: the content region, sequences have T + 17 steps; duplicate: the whole `0 w 0 w`)
+    /// [default: 50; forecast: 24 sunspots, 104 co2, 60 seattle; charlm: 256; listops: 2000; selective-copy: 256;
+    /// duplicate: 1024].
     #[arg(long, value_name = "T")]
     pub seq_len: Option<usize>,
     /// Forecast: the series, sunspots, co2 or seattle [default: sunspots].
@@ -100,6 +102,18 @@ pub struct TrainArgs {
     /// Mamba: width of the causal depthwise convolution [default: 4].
     #[arg(long, value_name = "K")]
     pub d_conv: Option<usize>,
+    /// Reformer: positions per LSH bucket (and attention chunk) [default: 64].
+    #[arg(long, value_name = "N")]
+    pub bucket_size: Option<usize>,
+    /// Reformer: LSH hash rounds [default: 4].
+    #[arg(long, value_name = "K")]
+    pub n_hashes: Option<usize>,
+    /// Reformer: run the feed-forward layer in this many row chunks [default: 8].
+    #[arg(long, value_name = "N")]
+    pub ff_chunks: Option<usize>,
+    /// Reformer: store every layer's activations instead of recomputing them from the reversible outputs.
+    #[arg(long)]
+    pub no_reversible: bool,
     /// Learning-rate warmup steps [default: 100].
     #[arg(long, value_name = "N")]
     pub warmup: Option<u64>,
@@ -164,11 +178,11 @@ fn parse_pooling(s: &str) -> Result<Pooling, String> {
     }
 }
 
-fn parse_task(s: &str) -> Result<TaskKind, String> {
+pub(crate) fn parse_task(s: &str) -> Result<TaskKind, String> {
     TaskKind::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_series(s: &str) -> Result<SeriesKind, String> {
+pub(crate) fn parse_series(s: &str) -> Result<SeriesKind, String> {
     SeriesKind::parse(s).map_err(|e| e.to_string())
 }
 
@@ -223,6 +237,12 @@ impl TrainArgs {
         set(&mut m.d_state, self.d_state);
         set(&mut m.expand, self.expand);
         set(&mut m.d_conv, self.d_conv);
+        set(&mut m.bucket_size, self.bucket_size);
+        set(&mut m.n_hashes, self.n_hashes);
+        set(&mut m.ff_chunks, self.ff_chunks);
+        if self.no_reversible {
+            m.reversible = false;
+        }
         set(&mut m.kernel_size, self.kernel_size);
         if self.levels.is_some() {
             m.levels = self.levels;
@@ -251,7 +271,7 @@ impl TrainArgs {
     }
 
     /// The fresh run's config: defaults, then the config file, then the flags.
-    fn fresh_config(&self) -> Result<RunConfig, CliError> {
+    pub(crate) fn fresh_config(&self) -> Result<RunConfig, CliError> {
         let mut cfg = match &self.config {
             Some(path) => RunConfig::from_file(path).map_err(|e| match e {
                 effseq::Error::Io { source, .. } => {

@@ -337,3 +337,186 @@ fn charlm_attention_models_train_evaluate_and_generate() {
     let (_, _) = train_and_eval_real(dir.path(), "lm-bidir", &["--model", "linear", "--task", "charlm", "--seq-len", "16", "--heads", "2", "--bidirectional"]);
     assert_fails(&effseq(dir.path(), &["generate", "--checkpoint", "lm-bidir", "--prompt", "a"]), 2, &["causal"]);
 }
+
+/// Flags of a comparison small enough to take about a second: two recurrent models, 5 steps each.
+const TINY_COMPARE: &[&str] = &[
+    "compare",
+    "--task",
+    "adding",
+    "--seq-len",
+    "20",
+    "--models",
+    "lstm,gru",
+    "--steps",
+    "5",
+    "--hidden",
+    "8",
+    "--batch",
+    "4",
+    "--eval-size",
+    "32",
+    "--evals",
+    "2",
+];
+
+#[test]
+fn compare_prints_the_table_and_writes_markdown_json_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = TINY_COMPARE.to_vec();
+    args.extend(["--json", "--markdown", "cmp.md", "--json-file", "cmp.json", "--plot", "cmp.svg"]);
+    let out = effseq(dir.path(), &args);
+    let line = last_json(&out);
+
+    // The table (on stderr with --json): every column, one row per model.
+    let err = stderr(&out);
+    let header = err.lines().find(|l| l.starts_with("model ")).unwrap_or_else(|| panic!("no table header in:\n{err}"));
+    for column in ["width", "params", "steps", "steps/s", "train loss", "test mse (lower is better)", "peak RSS", "peak heap", "status"] {
+        assert!(header.contains(column), "column {column} missing from {header:?}");
+    }
+    for model in ["lstm", "gru"] {
+        let row = err.lines().find(|l| l.starts_with(&format!("{model} "))).unwrap_or_else(|| panic!("no {model} row in:\n{err}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[3], "5", "5 steps done: {row}");
+        assert_eq!(*cells.last().unwrap(), "done", "{row}");
+        assert!(row.contains("MiB"), "peak memory shown: {row}");
+    }
+    assert!(err.contains("VmHWM"), "the memory method is named");
+
+    // The JSON line: every field, and the file holds the same object.
+    for key in [
+        "command",
+        "command_line",
+        "date",
+        "task",
+        "seq_len",
+        "batch",
+        "lr",
+        "seed",
+        "budget",
+        "step_cap",
+        "eval_schedule",
+        "target_params",
+        "metric_name",
+        "higher_is_better",
+        "memory_method",
+        "interrupted",
+        "models",
+        "not_run",
+    ] {
+        assert!(line.get(key).is_some(), "JSON field {key} missing: {line}");
+    }
+    assert_eq!((line["command"].as_str(), line["task"].as_str(), line["metric_name"].as_str()), (Some("compare"), Some("adding"), Some("mse")));
+    assert_eq!(line["budget"]["steps"], 5);
+    assert_eq!(line["interrupted"], false);
+    let models = line["models"].as_array().unwrap();
+    assert_eq!(models.iter().map(|m| m["model"].as_str().unwrap()).collect::<Vec<_>>(), ["lstm", "gru"]);
+    for m in models {
+        for key in [
+            "width",
+            "params",
+            "status",
+            "steps",
+            "steps_per_s",
+            "train_time_s",
+            "eval_time_s",
+            "wall_time_s",
+            "train_loss",
+            "metric",
+            "eval_loss",
+            "metric_name",
+            "higher_is_better",
+            "stopped_by",
+            "peak_rss_bytes",
+            "peak_heap_bytes",
+            "curve",
+        ] {
+            assert!(m.get(key).is_some_and(|v| !v.is_null()), "model field {key} missing: {m}");
+        }
+        assert_eq!((m["status"].as_str(), m["steps"].as_u64(), m["stopped_by"].as_str()), (Some("done"), Some(5), Some("steps")));
+        assert!(m["peak_rss_bytes"].as_u64().unwrap() > 1 << 20 && m["peak_heap_bytes"].as_u64().unwrap() > 0);
+        // Evaluated at step 0, then every ceil(5 / 2) = 3 steps, and at the end; the last point is the final metric.
+        let curve = m["curve"].as_array().unwrap();
+        assert_eq!(curve.iter().map(|p| p["step"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 3, 5]);
+        assert_eq!(curve[2]["metric"], m["metric"]);
+    }
+    // The GRU's width is matched to the LSTM's parameter count (8 LSTM units reading the 2 adding features: 4 gates * 8 * (2 inputs + 8 recurrent + 2 biases) + a head of 8 + 1 = 393).
+    assert_eq!((models[0]["width"].as_u64(), models[0]["params"].as_u64(), line["target_params"].as_u64()), (Some(8), Some(393), Some(393)));
+    let gru = models[1]["params"].as_f64().unwrap();
+    assert!((gru - 393.0).abs() / 393.0 < 0.15, "gru has {gru} parameters");
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("cmp.json")).unwrap()).unwrap();
+    assert_eq!(file, line);
+
+    // Markdown: the command line and date above the table, a row per model.
+    let md = std::fs::read_to_string(dir.path().join("cmp.md")).unwrap();
+    let first = md.lines().next().unwrap();
+    assert!(first.starts_with("`effseq compare --task adding --seq-len 20 --models lstm,gru") && first.ends_with("UTC)"), "{first}");
+    assert!(md.contains("| model | width | params | steps | steps/s | train loss | test mse (lower is better) | peak RSS | peak heap | status |"), "{md}");
+    assert!(md.contains("| lstm | 8 | 393 | 5 |") && md.contains("| gru |"), "{md}");
+
+    // The chart: one line per model, named in the legend.
+    let svg = std::fs::read_to_string(dir.path().join("cmp.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("lstm (393 params)") && svg.contains("gru (") && svg.contains("test mse (lower is better)"));
+    // Only the three outputs are left (temporary files were renamed).
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+}
+
+#[test]
+fn compare_rejects_unknown_models_and_bad_budgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = effseq(dir.path(), &["compare", "--models", "lstm,mamba2", "--steps", "5"]);
+    assert_fails(&out, 2, &["mamba2", "lstm, gru, tcn"]);
+    assert_fails(&effseq(dir.path(), &["compare", "--models", "lstm,lstm", "--steps", "5"]), 2, &["twice"]);
+    assert_fails(&effseq(dir.path(), &["compare", "--models", "lstm", "--budget-secs", "0"]), 2, &["--budget-secs"]);
+    assert_fails(&effseq(dir.path(), &["compare", "--models", "lstm", "--steps", "5", "--plot", "x.pdf"]), 2, &[".svg or .png"]);
+    // A model that diverges is reported as failed, the others still run, and the exit code is that of divergence.
+    let out = effseq(dir.path(), &["compare", "--task", "adding", "--seq-len", "10", "--models", "lstm,gru", "--steps", "5", "--hidden", "8", "--lr", "1e30"]);
+    assert_fails(&out, 4, &["2 of 2 models failed: lstm, gru"]);
+    let text = stdout(&out);
+    assert!(text.contains("lstm failed: training diverged at step") && text.contains("gru failed: training diverged at step"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("gru ") && l.ends_with("failed")), "{text}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+}
+
+/// Ctrl-C (SIGINT to the parent alone: the worker hears of it through its stdin) stops the running model, which
+/// is reported with what it reached; the rest are listed as not run, and the outputs are still written.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn compare_interrupted_reports_what_finished() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_effseq"))
+        .current_dir(dir.path())
+        .args(["compare", "--task", "adding", "--seq-len", "20", "--models", "lstm,gru", "--budget-secs", "30", "--hidden", "8", "--batch", "4"])
+        .args(["--eval-size", "32", "--json-file", "cmp.json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    // The header's last line comes after the Ctrl-C handler is installed; then let the first model train a while.
+    while !seen.contains("  memory ") {
+        assert!(stdout.read_line(&mut seen).unwrap() > 0, "the header never came:\n{seen}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "stdout:\n{rest}\nstderr:\n{err}");
+    assert!(err.contains("interrupted by Ctrl-C: lstm stopped early; not run: gru"), "{err}");
+    assert!(rest.contains("lstm (interrupted): "), "{rest}");
+    let lstm = rest.lines().find(|l| l.starts_with("lstm ") && !l.contains(':')).unwrap_or_else(|| panic!("no lstm row:\n{rest}"));
+    assert!(lstm.ends_with("interrupted"), "{lstm}");
+    assert!(rest.lines().any(|l| l.starts_with("gru ") && l.ends_with("not run")), "{rest}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("cmp.json")).unwrap()).unwrap();
+    assert_eq!(json["interrupted"], true);
+    assert_eq!(json["not_run"], serde_json::json!(["gru"]));
+    let m = &json["models"][0];
+    assert_eq!((m["status"].as_str(), m["stopped_by"].as_str()), (Some("interrupted"), Some("interrupted")));
+    let steps = m["steps"].as_u64().unwrap();
+    assert!(steps > 0 && m["train_time_s"].as_f64().unwrap() < 30.0, "{m}");
+    assert_eq!(m["curve"].as_array().unwrap().last().unwrap()["step"].as_u64(), Some(steps), "a final evaluation where it stopped");
+}

@@ -26,12 +26,22 @@ pub enum ModelKind {
     Performer,
     /// Mamba (Gu & Dao 2023): the selective state-space model, `mamba_ssm`'s `MixerModel`.
     Mamba,
+    /// Reformer (Kitaev et al. 2020): LSH attention in reversible residual layers with a chunked feed-forward.
+    Reformer,
 }
 
 impl ModelKind {
     /// All kinds, in the order the CLI lists them.
-    pub const ALL: &'static [ModelKind] =
-        &[ModelKind::Lstm, ModelKind::Gru, ModelKind::Tcn, ModelKind::Transformer, ModelKind::Linear, ModelKind::Performer, ModelKind::Mamba];
+    pub const ALL: &'static [ModelKind] = &[
+        ModelKind::Lstm,
+        ModelKind::Gru,
+        ModelKind::Tcn,
+        ModelKind::Transformer,
+        ModelKind::Linear,
+        ModelKind::Performer,
+        ModelKind::Reformer,
+        ModelKind::Mamba,
+    ];
 
     /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
@@ -43,6 +53,7 @@ impl ModelKind {
             ModelKind::Linear => "linear",
             ModelKind::Performer => "performer",
             ModelKind::Mamba => "mamba",
+            ModelKind::Reformer => "reformer",
         }
     }
 
@@ -51,9 +62,9 @@ impl ModelKind {
         matches!(self, ModelKind::Lstm | ModelKind::Gru)
     }
 
-    /// Whether this is a Transformer of the attention family (softmax, linear, Performer).
+    /// Whether this is a Transformer of the attention family (softmax, linear, Performer, Reformer).
     pub fn is_attention(self) -> bool {
-        matches!(self, ModelKind::Transformer | ModelKind::Linear | ModelKind::Performer)
+        matches!(self, ModelKind::Transformer | ModelKind::Linear | ModelKind::Performer | ModelKind::Reformer)
     }
 
     /// Parses a command-line name.
@@ -91,6 +102,9 @@ pub enum TaskKind {
     /// positions, to be reproduced in order after a separator: accuracy over the answers.
     #[serde(rename = "selective-copy")]
     SelectiveCopy,
+    /// The Reformer paper's duplication task (Kitaev et al. 2020, sec. 5): `0 w 0 w` with 127 symbols, the second
+    /// copy predicted token by token: accuracy over it.
+    Duplicate,
 }
 
 impl TaskKind {
@@ -104,6 +118,7 @@ impl TaskKind {
         TaskKind::Charlm,
         TaskKind::Listops,
         TaskKind::SelectiveCopy,
+        TaskKind::Duplicate,
     ];
 
     /// The name used on the command line and in configs.
@@ -117,6 +132,7 @@ impl TaskKind {
             TaskKind::Charlm => "charlm",
             TaskKind::Listops => "listops",
             TaskKind::SelectiveCopy => "selective-copy",
+            TaskKind::Duplicate => "duplicate",
         }
     }
 
@@ -142,7 +158,9 @@ impl TaskKind {
         match self {
             TaskKind::Digits => Some(crate::tasks::digits::SEQ_LEN),
             TaskKind::Smnist => Some(crate::tasks::smnist::SEQ_LEN),
-            TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast | TaskKind::Charlm | TaskKind::Listops | TaskKind::SelectiveCopy => None,
+            TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast | TaskKind::Charlm | TaskKind::Listops | TaskKind::SelectiveCopy | TaskKind::Duplicate => {
+                None
+            }
         }
     }
 }
@@ -200,6 +218,15 @@ pub struct ModelConfig {
     pub expand: usize,
     /// Mamba: width of the causal depthwise convolution. Default 4.
     pub d_conv: usize,
+    /// Reformer: positions per LSH bucket, also the attention chunk length. Default 64.
+    pub bucket_size: usize,
+    /// Reformer: hash rounds of LSH attention during training (evaluation may override it). Default 4.
+    pub n_hashes: usize,
+    /// Reformer: the feed-forward layer runs over the sequence in this many row chunks. Default 8.
+    pub ff_chunks: usize,
+    /// Reformer: reversible residual layers (recompute layer inputs in the backward) instead of stored
+    /// activations. Default true.
+    pub reversible: bool,
 }
 
 /// Position encoding of the attention models.
@@ -256,6 +283,10 @@ impl Default for ModelConfig {
             d_state: 16,
             expand: 2,
             d_conv: 4,
+            bucket_size: 64,
+            n_hashes: 4,
+            ff_chunks: 8,
+            reversible: true,
         }
     }
 }
@@ -353,6 +384,13 @@ impl ModelConfig {
                 return Err(Error::config("model.features must be at least 1"));
             }
         }
+        if self.kind == ModelKind::Reformer {
+            for (name, value) in [("bucket_size", self.bucket_size), ("n_hashes", self.n_hashes), ("ff_chunks", self.ff_chunks)] {
+                if value == 0 {
+                    return Err(Error::config(format!("model.{name} must be at least 1")));
+                }
+            }
+        }
         if self.kind == ModelKind::Mamba {
             if self.bidirectional {
                 return Err(Error::config("model.bidirectional does not apply to mamba (its scan and convolution are causal)"));
@@ -442,6 +480,9 @@ impl TaskConfig {
     /// The default content region of selective copy (the paper uses 4096; 256 trains in minutes on a CPU).
     pub const DEFAULT_SELECTIVE_COPY_SEQ_LEN: usize = 256;
 
+    /// The default length of the duplication task, the paper's 1024 tokens.
+    pub const DEFAULT_DUPLICATE_SEQ_LEN: usize = 1024;
+
     /// The default context of charlm, in characters.
     pub const DEFAULT_CHARLM_SEQ_LEN: usize = 256;
 
@@ -453,6 +494,7 @@ impl TaskConfig {
             TaskKind::Charlm => Self::DEFAULT_CHARLM_SEQ_LEN,
             TaskKind::Listops => crate::tasks::listops::PUBLISHED_MAX_LEN,
             TaskKind::SelectiveCopy => Self::DEFAULT_SELECTIVE_COPY_SEQ_LEN,
+            TaskKind::Duplicate => Self::DEFAULT_DUPLICATE_SEQ_LEN,
             other => other.fixed_seq_len().unwrap_or(Self::DEFAULT_SEQ_LEN),
         }
     }

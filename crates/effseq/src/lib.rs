@@ -48,6 +48,7 @@
 pub mod attention;
 pub mod bench;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod error;

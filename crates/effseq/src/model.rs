@@ -12,6 +12,7 @@ use crate::layers::{Embedding, Linear};
 use crate::linalg::{matmul, Trans};
 use crate::mamba::{Mamba, MambaConfig, MambaState};
 use crate::param::{Module, Param};
+use crate::reformer::{Reformer, ReformerConfig};
 use crate::rng::{rng_for, streams, Rng};
 use crate::rnn::{Rnn, RnnConfig, RnnState};
 use crate::tasks::{InputKind, Inputs, Readout, TaskIo};
@@ -30,6 +31,40 @@ pub enum Backbone {
     Transformer(Box<Transformer>),
     /// Mamba stack (selective state spaces), boxed for the same reason.
     Mamba(Box<Mamba>),
+    /// Reformer: reversible layers with LSH attention.
+    Reformer(Box<ReformerBackbone>),
+}
+
+/// A [`Reformer`] with the training step that keys its dropout masks and hash rotations.
+#[derive(Clone, Debug)]
+pub struct ReformerBackbone {
+    /// The stack.
+    pub reformer: Reformer,
+    /// The current training step (set by [`Backbone::begin_train_step`]); evaluation hashes with step 0, so every
+    /// evaluation of the same weights uses the same buckets.
+    step: u64,
+}
+
+impl ReformerBackbone {
+    fn run(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>, dropout: bool, train: bool) -> Result<Vec<f32>> {
+        let step = if train { self.step } else { 0 };
+        self.reformer.run_with_dropout(x, b, t, lengths, step, train, dropout)
+    }
+}
+
+/// The Reformer stack of a run: LSH attention in every layer.
+fn build_reformer(cfg: &ReformerConfig, seed: u64) -> Result<Reformer> {
+    Reformer::with_lsh(cfg, seed, "reformer.")
+}
+
+/// Streaming state of a Reformer: LSH attention has no incremental form, so a step re-runs the causal prefix; the
+/// state is the inputs seen so far, `(B)` sequences of `(t, D)` each.
+#[derive(Clone, Debug)]
+pub struct ReformerState {
+    /// Width D of one input step.
+    dim: usize,
+    /// `(B)` histories of `(t, D)` inputs.
+    history: Vec<Vec<f32>>,
 }
 
 impl Backbone {
@@ -88,6 +123,24 @@ impl Backbone {
                 // `mamba_ssm`'s `MixerModel` held in a field `backbone`, as its `MambaLMHeadModel` does.
                 Backbone::Mamba(Box::new(Mamba::with_prefix(&mc, seed, "backbone.")?))
             }
+            ModelKind::Reformer => {
+                let rc = ReformerConfig {
+                    input: d_in,
+                    d_model: cfg.hidden,
+                    layers: cfg.layers,
+                    heads: cfg.heads,
+                    d_ff: cfg.ff_dim(),
+                    dropout: cfg.dropout,
+                    causal: !cfg.bidirectional,
+                    positional: cfg.positional,
+                    max_len: cfg.max_len,
+                    bucket_size: cfg.bucket_size,
+                    n_hashes: cfg.n_hashes,
+                    ff_chunks: cfg.ff_chunks,
+                    reversible: cfg.reversible,
+                };
+                Backbone::Reformer(Box::new(ReformerBackbone { reformer: build_reformer(&rc, seed)?, step: 0 }))
+            }
         })
     }
 
@@ -104,6 +157,7 @@ impl Backbone {
             Backbone::Tcn(m) => m.forward(x, b, t, dropout),
             Backbone::Transformer(m) => m.run(x, b, t, lengths, dropout, true),
             Backbone::Mamba(m) => m.forward(x, b, t, dropout),
+            Backbone::Reformer(m) => m.run(x, b, t, lengths, dropout.is_some(), true),
         }
     }
 
@@ -119,6 +173,7 @@ impl Backbone {
             Backbone::Tcn(m) => m.infer(x, b, t),
             Backbone::Transformer(m) => m.run(x, b, t, lengths, None, false),
             Backbone::Mamba(m) => m.infer(x, b, t),
+            Backbone::Reformer(m) => m.run(x, b, t, lengths, false, false),
         }
     }
 
@@ -129,13 +184,16 @@ impl Backbone {
             Backbone::Tcn(m) => m.backward(dy),
             Backbone::Transformer(m) => m.backward(dy),
             Backbone::Mamba(m) => m.backward(dy),
+            Backbone::Reformer(m) => m.reformer.backward(dy),
         }
     }
 
     /// Called before training step `step` (a Performer redraws its random features on schedule).
     pub fn begin_train_step(&mut self, step: u64) {
-        if let Backbone::Transformer(m) = self {
-            m.begin_train_step(step);
+        match self {
+            Backbone::Transformer(m) => m.begin_train_step(step),
+            Backbone::Reformer(m) => m.step = step,
+            _ => {}
         }
     }
 
@@ -146,6 +204,7 @@ impl Backbone {
             Backbone::Tcn(m) => BackboneState::Tcn(m.zero_state(b)),
             Backbone::Transformer(m) => BackboneState::Transformer(m.zero_state(b)),
             Backbone::Mamba(m) => BackboneState::Mamba(m.zero_state(b)),
+            Backbone::Reformer(m) => BackboneState::Reformer(ReformerState { dim: m.reformer.config().input, history: vec![Vec::new(); b] }),
         }
     }
 
@@ -156,6 +215,22 @@ impl Backbone {
             (Backbone::Tcn(m), BackboneState::Tcn(s)) => m.step(x_t, s, y_t),
             (Backbone::Transformer(m), BackboneState::Transformer(s)) => m.step(x_t, s, y_t),
             (Backbone::Mamba(m), BackboneState::Mamba(s)) => m.step(x_t, s, y_t),
+            (Backbone::Reformer(m), BackboneState::Reformer(s)) => {
+                // Re-run the whole causal prefix and keep its last output: O(t) per step (see ReformerState).
+                let (b, d, o) = (s.history.len(), s.dim, m.reformer.config().d_model);
+                check_len("reformer step input (B, D)", &[b, d], x_t.len())?;
+                check_len("reformer step output (B, O)", &[b, o], y_t.len())?;
+                for (h, row) in s.history.iter_mut().zip(x_t.chunks_exact(d)) {
+                    h.extend_from_slice(row);
+                }
+                let t = s.history.first().map_or(0, |h| h.len() / d);
+                let x: Vec<f32> = s.history.concat(); // (B, t, D)
+                let y = m.run(&x, b, t, None, false, false)?; // (B, t, O)
+                for (bi, out) in y_t.chunks_exact_mut(o).enumerate() {
+                    out.copy_from_slice(&y[(bi * t + t - 1) * o..(bi * t + t) * o]);
+                }
+                Ok(())
+            }
             _ => Err(Error::Invalid("streaming state belongs to a different architecture".into())),
         }
     }
@@ -166,6 +241,7 @@ impl Backbone {
             Backbone::Tcn(m) => m.params(),
             Backbone::Transformer(m) => m.params(),
             Backbone::Mamba(m) => m.params(),
+            Backbone::Reformer(m) => m.reformer.params(),
         }
     }
 
@@ -175,12 +251,14 @@ impl Backbone {
             Backbone::Tcn(m) => m.params_mut(),
             Backbone::Transformer(m) => m.params_mut(),
             Backbone::Mamba(m) => m.params_mut(),
+            Backbone::Reformer(m) => m.reformer.params_mut(),
         }
     }
 
     fn buffers(&self) -> Vec<&Param> {
         match self {
             Backbone::Transformer(m) => m.buffers(),
+            Backbone::Reformer(m) => m.reformer.buffers(),
             _ => Vec::new(),
         }
     }
@@ -188,6 +266,7 @@ impl Backbone {
     fn buffers_mut(&mut self) -> Vec<&mut Param> {
         match self {
             Backbone::Transformer(m) => m.buffers_mut(),
+            Backbone::Reformer(m) => m.reformer.buffers_mut(),
             _ => Vec::new(),
         }
     }
@@ -218,6 +297,8 @@ pub enum BackboneState {
     Transformer(TransformerState),
     /// Convolution ring buffers and scan states of a Mamba stack.
     Mamba(MambaState),
+    /// The inputs a Reformer has seen.
+    Reformer(ReformerState),
 }
 
 /// One step's input for [`Network::step`].
@@ -299,6 +380,21 @@ impl Network {
     /// The backbone.
     pub fn backbone(&self) -> &Backbone {
         &self.backbone
+    }
+
+    /// Reformer: evaluate with `n_hashes` LSH rounds instead of the trained number (`None` restores it); an error for
+    /// other models.
+    pub fn set_eval_hash_rounds(&mut self, n_hashes: Option<usize>) -> Result<()> {
+        match &mut self.backbone {
+            Backbone::Reformer(m) => {
+                if n_hashes == Some(0) {
+                    return Err(Error::config("the number of hash rounds must be at least 1"));
+                }
+                m.reformer.set_n_hashes_override(n_hashes);
+                Ok(())
+            }
+            _ => Err(Error::config(format!("hash rounds apply to the reformer only, not to {}", self.config.kind.name()))),
+        }
     }
 
     /// Called by the trainer before training step `step` (a Performer redraws its features on schedule).

@@ -71,6 +71,7 @@
 
 use rand::RngCore as _;
 
+use crate::attention::lsh::{LshConfig, LshSelfAttention};
 use crate::attention::{AttentionConfig, Mechanism, MultiHeadAttention};
 use crate::config::Positional;
 use crate::error::{check_len, Error, Result};
@@ -177,6 +178,45 @@ impl ReversibleAttention for MultiHeadAttention {
     }
 }
 
+impl ReversibleAttention for LshSelfAttention {
+    fn forward(
+        &mut self,
+        x: &[f32],
+        b: usize,
+        t: usize,
+        lengths: Option<&[usize]>,
+        hash_seed: u64,
+        n_hashes_override: Option<usize>,
+        train: bool,
+    ) -> Result<Vec<f32>> {
+        LshSelfAttention::forward(self, x, b, t, lengths, hash_seed, n_hashes_override, train)
+    }
+
+    fn backward(&mut self, dy: &[f32]) -> Result<Vec<f32>> {
+        LshSelfAttention::backward(self, dy)
+    }
+
+    fn release(&mut self) -> Result<()> {
+        // As for exact attention: a training forward over zero rows empties the projections' kept inputs, and an
+        // evaluation forward drops the hash cache.
+        LshSelfAttention::forward(self, &[], 0, 0, None, 0, None, true)?;
+        LshSelfAttention::forward(self, &[], 0, 0, None, 0, None, false).map(drop)
+    }
+
+    fn saved_bytes(&self, b: usize, t: usize) -> usize {
+        let cfg = self.config();
+        let (n, d, rounds) = (b * t, cfg.d_model, cfg.n_hashes);
+        let slots = b * cfg.heads * rounds * t.div_ceil(cfg.bucket_size.max(1)) * cfg.bucket_size; // (B, H, R, T_p)
+                                                                                                   // The inputs of toqk, tov and to_out, the split qk and v: (N, D) each; every round's output (B, H, R, T_p, Dh);
+                                                                                                   // the log-sum-exp (f32) and the sorted order (u32) of every slot.
+        (5 * n * d + slots * (cfg.head_dim() + 2)) * F32_BYTES
+    }
+
+    fn clone_box(&self) -> Box<dyn ReversibleAttention> {
+        Box::new(self.clone())
+    }
+}
+
 /// Shape of a [`Reformer`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ReformerConfig {
@@ -223,6 +263,11 @@ impl ReformerConfig {
             return Err(Error::config("learned positions need max_len >= 1"));
         }
         Ok(())
+    }
+
+    /// The LSH-attention configuration of one layer (buckets chosen from the sequence length at each call).
+    pub fn lsh_attention(&self) -> LshConfig {
+        LshConfig { bucket_size: self.bucket_size, n_hashes: self.n_hashes, ..LshConfig::new(self.d_model, self.heads, self.causal) }
     }
 
     /// The exact-attention configuration of one layer.
@@ -528,6 +573,8 @@ struct ForwardSaved {
     t: usize,
     lengths: Option<Vec<usize>>,
     step: u64,
+    /// Whether the forward applied dropout (the backward's recomputation must do the same).
+    dropout: bool,
     /// Reversible mode: the last layer's outputs `(Y1, Y2)`, `(N, D)` each.
     streams: Option<(Vec<f32>, Vec<f32>)>,
 }
@@ -573,6 +620,15 @@ impl Reformer {
         let attention = cfg.softmax_attention();
         Self::with_attention(cfg, seed, prefix, |layer, attn_prefix, rng| {
             Ok(Box::new(MultiHeadAttention::new(attention, attn_prefix, rng, seed, layer)?) as Box<dyn ReversibleAttention>)
+        })
+    }
+
+    /// The Reformer proper: LSH attention ([`LshSelfAttention`], reformer-pytorch's `toqk`/`tov`/`to_out` under
+    /// `layers.{i}.attn.`) in every layer; otherwise as [`Reformer::with_prefix`].
+    pub fn with_lsh(cfg: &ReformerConfig, seed: u64, prefix: &str) -> Result<Reformer> {
+        let attention = cfg.lsh_attention();
+        Self::with_attention(cfg, seed, prefix, |_, attn_prefix, rng| {
+            Ok(Box::new(LshSelfAttention::new(attention, attn_prefix, rng)?) as Box<dyn ReversibleAttention>)
         })
     }
 
@@ -625,13 +681,13 @@ impl Reformer {
         self.n_hashes_override
     }
 
-    fn context<'a>(&self, b: usize, t: usize, lengths: Option<&'a [usize]>, step: u64, train: bool) -> PassContext<'a> {
+    fn context<'a>(&self, b: usize, t: usize, lengths: Option<&'a [usize]>, step: u64, dropout: bool) -> PassContext<'a> {
         let n = b * t;
         PassContext {
             b,
             t,
             lengths,
-            p: if train { self.cfg.dropout } else { 0.0 },
+            p: if dropout { self.cfg.dropout } else { 0.0 },
             seed: self.seed,
             step,
             n_hashes_override: self.n_hashes_override,
@@ -665,6 +721,13 @@ impl Reformer {
     /// `x (B, T, D_in)` → `(B, T, D)`. `lengths (B)`: valid steps of right-padded sequences. `step` keys the
     /// dropout masks and hash seeds: a training forward and its backward recomputation use those of `step`.
     pub fn run(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>, step: u64, train: bool) -> Result<Vec<f32>> {
+        self.run_with_dropout(x, b, t, lengths, step, train, train)
+    }
+
+    /// [`Reformer::run`] with dropout chosen separately from `train`: a training forward without dropout (gradient
+    /// checks, or a caller that passes no dropout generator) keeps what the backward needs and drops nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with_dropout(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>, step: u64, train: bool, dropout: bool) -> Result<Vec<f32>> {
         self.saved = None;
         let (d, n) = (self.cfg.d_model, b * t);
         check_len("reformer input (B, T, D_in)", &[b, t, self.cfg.input], x.len())?;
@@ -678,7 +741,7 @@ impl Reformer {
         }
         let mut x2 = self.embed(x, b, t, train)?; // (B, T, D) second stream
         let mut x1 = x2.clone(); // (B, T, D) first stream
-        let ctx = self.context(b, t, lengths, step, train);
+        let ctx = self.context(b, t, lengths, step, train && dropout);
         let plain = train && !self.cfg.reversible;
         for layer in &mut self.layers {
             if plain {
@@ -698,7 +761,7 @@ impl Reformer {
         };
         if train {
             let streams = self.cfg.reversible.then_some((x1, x2));
-            self.saved = Some(ForwardSaved { b, t, lengths: lengths.map(<[usize]>::to_vec), step, streams });
+            self.saved = Some(ForwardSaved { b, t, lengths: lengths.map(<[usize]>::to_vec), step, dropout, streams });
         }
         Ok(y)
     }
@@ -713,7 +776,7 @@ impl Reformer {
         release_norm(&mut self.norm)?;
         dy1.iter_mut().for_each(|g| *g *= 0.5);
         let mut dy2 = dy1.clone(); // (B, T, D) gradient of the second stream
-        let ctx = self.context(b, t, saved.lengths.as_deref(), saved.step, true);
+        let ctx = self.context(b, t, saved.lengths.as_deref(), saved.step, saved.dropout);
         match saved.streams {
             Some((mut y1, mut y2)) => {
                 for layer in self.layers.iter_mut().rev() {
@@ -945,6 +1008,51 @@ mod tests {
             let (_, dx_other, _) = train_pass(&mut model(&rev_cfg, 21), &x, b, t, lengths, 6);
             assert!(rel_diff(&dx_p, &dx_other) > 1e-2, "the masks of step 5 and 6 should differ");
         }
+    }
+
+    /// Test 1 with LSH attention (two hash rounds over three chunks, causal and padded bidirectional): the
+    /// reversible backward, which re-hashes every layer from its recorded seed, equals the stored-activation one.
+    #[test]
+    fn lsh_reversible_gradients_equal_stored_activation_gradients_and_finite_differences() {
+        let (b, t) = (2, 12);
+        let lsh_model = |cfg: &ReformerConfig, seed: u64| {
+            let mut m = Reformer::with_lsh(cfg, seed, "").unwrap();
+            let mut r = rng_for(seed, 99);
+            for p in m.params_mut() {
+                let mut noise = vec![0.0f32; p.numel()];
+                fill_uniform(&mut r, &mut noise, if p.name.contains("norm") || p.name.ends_with("bias") { 0.3 } else { 0.05 });
+                p.value.iter_mut().zip(&noise).for_each(|(v, &e)| *v += e);
+            }
+            m
+        };
+        let cases: [(bool, Option<&[usize]>); 2] = [(true, None), (false, Some(&[12, 7]))];
+        for (causal, lengths) in cases {
+            let plain_cfg = ReformerConfig { causal, n_hashes: 2, ..config(3, false, 0.25, 1) };
+            let rev_cfg = ReformerConfig { reversible: true, ff_chunks: 3, ..plain_cfg };
+            let x = input(b * t * 3, 12);
+            let (y_p, dx_p, g_p) = train_pass(&mut lsh_model(&plain_cfg, 22), &x, b, t, lengths, 5);
+            let (y_r, dx_r, g_r) = train_pass(&mut lsh_model(&rev_cfg, 22), &x, b, t, lengths, 5);
+            assert!(rel_diff(&y_p, &y_r) < 1e-6, "outputs differ by {}", rel_diff(&y_p, &y_r));
+            assert!(rel_diff(&dx_p, &dx_r) < 5e-6, "dx differs by {}", rel_diff(&dx_p, &dx_r));
+            let names: Vec<String> = lsh_model(&rev_cfg, 22).params().iter().map(|p| p.name.clone()).collect();
+            assert!(names.iter().any(|n| n.ends_with("attn.toqk.weight")), "LSH attention parameters: {names:?}");
+            for ((name, gp), gr) in names.iter().zip(&g_p).zip(&g_r) {
+                assert!(max_abs(gp) > 0.0, "{name}: zero gradient");
+                assert!(rel_diff(gp, gr) < 5e-6, "{name} differs by {}", rel_diff(gp, gr));
+            }
+        }
+        // Finite differences through the hashed stack without dropout (a small step moves no position to another
+        // bucket here; the kernel's own test asserts that property for the layer).
+        let cfg = ReformerConfig { n_hashes: 2, ..config(2, true, 0.0, 2) };
+        let mut m = lsh_model(&cfg, 41);
+        let x = input(b * t * 3, 42);
+        let r = projection_weights(b * t * cfg.d_model, 43);
+        m.zero_grad();
+        m.run(&x, b, t, None, 3, true).unwrap();
+        m.backward(&r).unwrap();
+        let opts = GradCheckOpts { atol: 2e-3, ..GradCheckOpts::default() };
+        let reports = check_module_grads(&mut m, |m: &mut Reformer| projection_loss(&m.run(&x, b, t, None, 3, true).unwrap(), &r), &opts).unwrap();
+        assert_eq!(reports.len(), m.params().len());
     }
 
     /// Test 2: finite differences of the whole stack (encoder, learned positions, two reversible layers with

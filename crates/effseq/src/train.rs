@@ -56,6 +56,12 @@ pub trait Progress {
     fn on_eval(&mut self, _step: u64, _eval: &Evaluation) {}
     /// A checkpoint of `step` completed steps was written to `dir`.
     fn on_checkpoint(&mut self, _step: u64, _dir: &Path) {}
+    /// Asked after every step (after [`Progress::on_step`]): `true` ends [`Trainer::run_to`] there, early, with
+    /// its final evaluation and checkpoint as at a normal end. Default: never (a time budget or an interruption
+    /// of `effseq compare` uses it).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
 }
 
 /// A [`Progress`] that ignores everything.
@@ -171,7 +177,8 @@ impl Trainer {
     /// run), then evaluates and writes a checkpoint, so that a later [`Trainer::resume`] continues exactly.
     ///
     /// A NaN or infinite loss or gradient norm stops the run with [`Error::NonFinite`] before the update, and
-    /// without writing a checkpoint, so the last good one on disk is kept.
+    /// without writing a checkpoint, so the last good one on disk is kept. When [`Progress::should_stop`] says so
+    /// the run ends after that step instead of at `end` (the summary counts the steps done).
     pub fn run_to(&mut self, end: u64, progress: &mut dyn Progress) -> Result<Summary> {
         let train = self.config.train.clone();
         if end > train.steps {
@@ -180,6 +187,7 @@ impl Trainer {
         let start = self.state.step.min(end);
         progress.on_start(start, end);
         let started = Instant::now();
+        let mut reached = start;
         for step in start..end {
             let (loss, grad_norm, lr) = self.train_step(step)?;
             self.state.step = step + 1;
@@ -199,6 +207,10 @@ impl Trainer {
                 steps_per_s: (done - start) as f64 / elapsed_s.max(1e-9),
                 elapsed_s,
             });
+            reached = done;
+            if done < end && progress.should_stop() {
+                break;
+            }
             if done < end {
                 if train.eval_every > 0 && done % train.eval_every == 0 {
                     self.evaluate(progress)?;
@@ -211,7 +223,7 @@ impl Trainer {
         let eval = self.evaluate(progress)?;
         let checkpoint = self.save_checkpoint(progress)?;
         let wall_time_s = started.elapsed().as_secs_f64();
-        let steps_this_run = end - start;
+        let steps_this_run = reached - start;
         Ok(Summary {
             model: self.config.model.kind.name(),
             task: self.config.task.kind.name(),
@@ -402,6 +414,33 @@ mod tests {
         }
         assert_eq!(std::fs::read(dir.path().join(checkpoint::MODEL_FILE)).unwrap(), saved);
         assert_eq!(checkpoint::load(dir.path()).unwrap().state.step, 5);
+    }
+
+    /// Asks to stop once `after` steps are done.
+    struct StopAfter {
+        after: u64,
+        record: Record,
+    }
+
+    impl Progress for StopAfter {
+        fn on_step(&mut self, r: &StepReport) {
+            self.record.on_step(r);
+        }
+        fn on_eval(&mut self, step: u64, eval: &Evaluation) {
+            self.record.on_eval(step, eval);
+        }
+        fn should_stop(&mut self) -> bool {
+            self.record.losses.len() as u64 >= self.after
+        }
+    }
+
+    #[test]
+    fn should_stop_ends_the_run_early_with_a_final_evaluation() {
+        let mut progress = StopAfter { after: 3, record: Record::default() };
+        let summary = Trainer::new(tiny(ModelKind::Lstm, TaskKind::Adding, 10)).unwrap().run(&mut progress).unwrap();
+        assert_eq!((summary.steps, summary.steps_this_run), (3, 3));
+        assert_eq!(progress.record.losses.len(), 3);
+        assert_eq!(progress.record.evals, vec![3], "the periodic evaluation at step 4 never came; the final one did");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 pub mod favor;
 pub mod linear;
+pub mod lsh;
 pub mod softmax;
 
 use crate::error::{check_len, Error, Result};

@@ -111,6 +111,8 @@ pub enum Task {
     Listops(listops::ListOps),
     /// Selective copying, [`selective_copy`].
     SelectiveCopy(selective_copy::SelectiveCopy),
+    /// The Reformer duplication task, [`duplicate`].
+    Duplicate(duplicate::Duplicate),
 }
 
 /// The result of evaluating a model on a task's evaluation set.
@@ -150,6 +152,7 @@ impl Task {
             TaskKind::Charlm => charlm::CharLm::new(cfg.seq_len, 0)?.io(),
             TaskKind::Listops => listops::ListOps::io(),
             TaskKind::SelectiveCopy => selective_copy::SelectiveCopy::io(),
+            TaskKind::Duplicate => duplicate::Duplicate::io_for(duplicate::DEFAULT_VOCAB),
         })
     }
 
@@ -166,6 +169,7 @@ impl Task {
             TaskKind::Charlm => Task::Charlm(charlm::CharLm::new(cfg.seq_len, seed)?),
             TaskKind::Listops => Task::Listops(listops::ListOps::new(cfg.seq_len, listops::PUBLISHED_TRAIN_SIZE, cfg.eval_size, seed)?),
             TaskKind::SelectiveCopy => Task::SelectiveCopy(selective_copy::SelectiveCopy::new(cfg.seq_len, cfg.eval_size, seed)?),
+            TaskKind::Duplicate => Task::Duplicate(duplicate::Duplicate::new(cfg.seq_len, cfg.eval_size, seed)?),
         };
         if let (Some(fixed), Some(found)) = (cfg.kind.fixed_seq_len(), task.fixed_data_seq_len()) {
             if fixed != found {
@@ -186,6 +190,7 @@ impl Task {
             Task::Charlm(_) => TaskKind::Charlm,
             Task::Listops(_) => TaskKind::Listops,
             Task::SelectiveCopy(_) => TaskKind::SelectiveCopy,
+            Task::Duplicate(_) => TaskKind::Duplicate,
         }
     }
 
@@ -200,6 +205,7 @@ impl Task {
             Task::Charlm(c) => c.io(),
             Task::Listops(_) => listops::ListOps::io(),
             Task::SelectiveCopy(_) => selective_copy::SelectiveCopy::io(),
+            Task::Duplicate(d) => d.io(),
         }
     }
 
@@ -213,7 +219,7 @@ impl Task {
             Task::Smnist(_) => smnist::Smnist::metric_name(),
             Task::Forecast(_) => forecast::Forecast::metric_name(),
             Task::Charlm(_) => "bpc",
-            Task::Listops(_) | Task::SelectiveCopy(_) => "accuracy",
+            Task::Listops(_) | Task::SelectiveCopy(_) | Task::Duplicate(_) => "accuracy",
         }
     }
 
@@ -226,7 +232,7 @@ impl Task {
             Task::Smnist(_) => smnist::Smnist::higher_is_better(),
             Task::Forecast(_) => forecast::Forecast::higher_is_better(),
             Task::Charlm(_) => false,
-            Task::Listops(_) | Task::SelectiveCopy(_) => true,
+            Task::Listops(_) | Task::SelectiveCopy(_) | Task::Duplicate(_) => true,
         }
     }
 
@@ -247,6 +253,7 @@ impl Task {
             Task::Charlm(c) => c.baseline_note(),
             Task::Listops(l) => l.baseline_note(),
             Task::SelectiveCopy(c) => c.baseline_note(),
+            Task::Duplicate(d) => d.baseline_note(),
         }
     }
 
@@ -262,6 +269,7 @@ impl Task {
             Task::Charlm(c) => c.seq_len(),
             Task::Listops(l) => l.max_len(),
             Task::SelectiveCopy(c) => c.total_len(),
+            Task::Duplicate(d) => d.seq_len(),
         }
     }
 
@@ -270,7 +278,7 @@ impl Task {
         match self {
             Task::Digits(d) => Some(d.seq_len()),
             Task::Smnist(s) => Some(s.seq_len()),
-            Task::Adding(_) | Task::Copy(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) | Task::SelectiveCopy(_) => None,
+            Task::Adding(_) | Task::Copy(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) | Task::SelectiveCopy(_) | Task::Duplicate(_) => None,
         }
     }
 
@@ -288,6 +296,7 @@ impl Task {
             Task::Charlm(c) => c.train_batch(step, batch),
             Task::Listops(l) => l.train_batch(step, batch).batch,
             Task::SelectiveCopy(c) => c.train_batch(step, batch),
+            Task::Duplicate(d) => d.train_batch(step, batch),
         }
     }
 
@@ -303,6 +312,7 @@ impl Task {
             Task::Charlm(c) => c.eval_size(),
             Task::Listops(l) => l.eval_size(),
             Task::SelectiveCopy(c) => c.eval_size(),
+            Task::Duplicate(d) => d.eval_size(),
         }
     }
 
@@ -317,6 +327,7 @@ impl Task {
             Task::Charlm(c) => c.seed(),
             Task::Listops(l) => l.seed(),
             Task::SelectiveCopy(c) => c.seed(),
+            Task::Duplicate(d) => d.seed(),
         }
     }
 
@@ -327,7 +338,9 @@ impl Task {
     pub fn eval_set(&self) -> EvalSet<'_> {
         let per_batch = (EVAL_STEPS_PER_BATCH / self.steps_per_sequence()).clamp(1, EVAL_MAX_BATCH);
         let source = match self {
-            Task::Adding(_) | Task::Copy(_) | Task::SelectiveCopy(_) => EvalSource::Generated(Box::new(rng_for(self.seed(), streams::EVAL_DATA))),
+            Task::Adding(_) | Task::Copy(_) | Task::SelectiveCopy(_) | Task::Duplicate(_) => {
+                EvalSource::Generated(Box::new(rng_for(self.seed(), streams::EVAL_DATA)))
+            }
             Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) => EvalSource::Fixed { next: 0 },
         };
         EvalSet { task: self, source, remaining: self.eval_size(), per_batch }
@@ -350,6 +363,7 @@ impl Task {
             Task::Adding(a) => Some(a.generate(rng, count)),
             Task::Copy(c) => Some(c.generate(rng, count)),
             Task::SelectiveCopy(c) => Some(c.generate(rng, count)),
+            Task::Duplicate(d) => Some(d.generate(rng, count)),
             Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) => None,
         }
     }
@@ -358,7 +372,7 @@ impl Task {
     /// `None` for the generated tasks, whose evaluation set is drawn in order from a stream ([`Task::eval_set`]).
     pub fn eval_batch(&self, start: usize, count: usize) -> Option<Batch> {
         match self {
-            Task::Adding(_) | Task::Copy(_) | Task::SelectiveCopy(_) => None,
+            Task::Adding(_) | Task::Copy(_) | Task::SelectiveCopy(_) | Task::Duplicate(_) => None,
             Task::Digits(d) => Some(d.eval_batch(start, count)),
             Task::Smnist(s) => Some(s.eval_batch(start, count)),
             Task::Forecast(f) => Some(f.eval_batch(start, count)),
@@ -490,6 +504,7 @@ impl EvalAccumulator {
             Task::Smnist(s) => self.add_classified(&s.score(outputs, batch)?),
             Task::Listops(l) => self.add_classified(&l.score(outputs, batch)?),
             Task::SelectiveCopy(c) => self.add_classified(&c.score(outputs, batch)?),
+            Task::Duplicate(d) => self.add_classified(&d.score(outputs, batch)?),
             Task::Forecast(f) => {
                 let (mse, _) = f.loss(outputs, batch)?;
                 self.loss_sum += f64::from(mse) * outputs.len() as f64;
@@ -522,7 +537,7 @@ impl EvalAccumulator {
         let (metric, recall_loss, forecast) = match task {
             Task::Adding(_) => (loss, None, None),
             Task::Copy(_) => (accuracy, Some(mean(self.recall_loss_sum, self.scored)), None),
-            Task::Digits(_) | Task::Smnist(_) | Task::Listops(_) | Task::SelectiveCopy(_) => (accuracy, None, None),
+            Task::Digits(_) | Task::Smnist(_) | Task::Listops(_) | Task::SelectiveCopy(_) | Task::Duplicate(_) => (accuracy, None, None),
             // Bits per character: the mean cross-entropy in nats over ln 2.
             Task::Charlm(_) => ((f64::from(loss) / std::f64::consts::LN_2) as f32, None, None),
             Task::Forecast(f) => {
