@@ -47,7 +47,7 @@ const MEMORY_METHOD: &str =
 /// Arguments of `effseq compare`.
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// Task: adding, copy, digits, smnist, forecast, charlm or listops [default: adding].
+    /// Task: adding, copy, digits, smnist, forecast, charlm, listops, selective-copy or duplicate [default: adding].
     #[arg(long, value_parser = parse_task)]
     pub task: Option<TaskKind>,
     /// Models, comma-separated, or `all` (every model `effseq train --model` accepts).
