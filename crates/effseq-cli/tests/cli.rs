@@ -498,7 +498,7 @@ fn compare_interrupted_reports_what_finished() {
     while !seen.contains("  memory ") {
         assert!(stdout.read_line(&mut seen).unwrap() > 0, "the header never came:\n{seen}");
     }
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(std::time::Duration::from_millis(3000));
     assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();

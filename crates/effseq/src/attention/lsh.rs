@@ -47,6 +47,7 @@
 
 use rayon::prelude::*;
 
+use crate::attention::softmax::tile_matmul;
 use crate::error::{check_len, Error, Result};
 use crate::layers::Linear;
 use crate::linalg::{matmul, Trans};
@@ -300,7 +301,7 @@ impl Head {
     #[allow(clippy::too_many_arguments)]
     fn logits(&self, queries: &[u32], keys: &[u32], qc: &[f32], kt: &[f32], s: &mut [f32], dup: &mut DupScratch) {
         let (bs, w, dh, rounds) = (self.bs, 2 * self.bs, self.dh, self.rounds);
-        tile_product(bs, w, dh, self.scale, qc, dh, 1, kt, w, false, s, w);
+        tile_matmul(bs, w, dh, self.scale, qc, dh, 1, kt, w, false, s, w);
         if self.dedup {
             // Round-major copies of the keys' chunks, so that the count over a row is a vectorisable sweep.
             for (j, &kj) in keys.iter().enumerate() {
@@ -361,7 +362,7 @@ impl Head {
             row.iter_mut().for_each(|x| *x *= inv);
             *lse_i = max + sum.ln();
         }
-        tile_product(bs, dh, w, 1.0, s, w, 1, vc, dh, false, o, dh);
+        tile_matmul(bs, dh, w, 1.0, s, w, 1, vc, dh, false, o, dh);
     }
 
     /// (T_p, R) slot within its round of every position.
@@ -424,127 +425,20 @@ impl Head {
             }
             let doc = &dout_sorted[rows.start * dh..rows.end * dh]; // (bs, Dh)
                                                                     // dV_w = Pᵀ dO; dP = dO V_wᵀ.
-            tile_product(w, dh, bs, 1.0, &s, 1, w, doc, dh, false, &mut dvc, dh);
-            tile_product(bs, w, dh, 1.0, doc, dh, 1, &vt, w, false, &mut ds, w);
+            tile_matmul(w, dh, bs, 1.0, &s, 1, w, doc, dh, false, &mut dvc, dh);
+            tile_matmul(bs, w, dh, 1.0, doc, dh, 1, &vt, w, false, &mut ds, w);
             for (((ds_row, p_row), &shift_i), &qi) in ds.chunks_exact_mut(w).zip(s.chunks_exact(w)).zip(&shift[rows]).zip(queries) {
                 for ((d, &p), &kj) in ds_row.iter_mut().zip(p_row).zip(keys.iter()) {
                     // The self logit is a constant: no gradient reaches q or k through it.
                     *d = if kj == qi { 0.0 } else { p * (*d - shift_i) };
                 }
             }
-            tile_product(bs, dh, w, self.scale, &ds, w, 1, &kc, dh, false, &mut dqc, dh);
-            tile_product(w, dh, bs, self.scale, &ds, 1, w, &qc, dh, false, &mut dkc, dh);
+            tile_matmul(bs, dh, w, self.scale, &ds, w, 1, &kc, dh, false, &mut dqc, dh);
+            tile_matmul(w, dh, bs, self.scale, &ds, 1, w, &qc, dh, false, &mut dkc, dh);
             scatter_add(dq, &dqc, queries, dh);
             scatter_add(dk, &dkc, &keys, dh);
             scatter_add(dv, &dvc, &keys, dh);
         }
-    }
-}
-
-/// Rows of a register block of [`tile_product`].
-const BLOCK_ROWS: usize = 8;
-
-/// `c (m, n) = alpha·A·B (+ c when accumulate)` for the chunk-sized products, without the packing of a general
-/// GEMM (softmax.rs's tile product, whose reasoning applies: at bs × 2bs × Dh the packing of
-/// `crate::linalg::matmul` cost a third of its time here). `A (m, k)` has element `(r, p)` at `a[r·rsa + p·csa]`
-/// (transposes read in place); `B (k, n)` is row-major with row stride `ldb`; `C` row-major with stride `ldc`.
-/// Register blocks of [`BLOCK_ROWS`] × 32/16/8/1 columns accumulate over the whole `k`.
-#[allow(clippy::too_many_arguments)]
-fn tile_product(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    rsa: usize,
-    csa: usize,
-    b: &[f32],
-    ldb: usize,
-    accumulate: bool,
-    c: &mut [f32],
-    ldc: usize,
-) {
-    let op = TileOperands { k, alpha, a, rsa, csa, b, ldb, accumulate };
-    let mut col = 0;
-    while col + 32 <= n {
-        op.column_panel::<32>(m, col, c, ldc);
-        col += 32;
-    }
-    if col + 16 <= n {
-        op.column_panel::<16>(m, col, c, ldc);
-        col += 16;
-    }
-    if col + 8 <= n {
-        op.column_panel::<8>(m, col, c, ldc);
-        col += 8;
-    }
-    while col < n {
-        op.column_panel::<1>(m, col, c, ldc);
-        col += 1;
-    }
-}
-
-/// The fixed operands of one [`tile_product`].
-struct TileOperands<'a> {
-    k: usize,
-    alpha: f32,
-    a: &'a [f32],
-    rsa: usize,
-    csa: usize,
-    b: &'a [f32],
-    ldb: usize,
-    accumulate: bool,
-}
-
-impl TileOperands<'_> {
-    /// Columns `col .. col + NR` of every row of `C`.
-    #[inline(always)]
-    fn column_panel<const NR: usize>(&self, m: usize, col: usize, c: &mut [f32], ldc: usize) {
-        let mut row = 0;
-        while row + BLOCK_ROWS <= m {
-            self.block::<BLOCK_ROWS, NR>(row, col, c, ldc);
-            row += BLOCK_ROWS;
-        }
-        while row < m {
-            self.block::<1, NR>(row, col, c, ldc);
-            row += 1;
-        }
-    }
-
-    /// The `(MR, NR)` block of `C` at (`row`, `col`), accumulated in registers over the whole `k`.
-    #[inline(always)]
-    fn block<const MR: usize, const NR: usize>(&self, row: usize, col: usize, c: &mut [f32], ldc: usize) {
-        let mut acc = [[0.0f32; NR]; MR]; // (MR, NR) block of A·B
-        for p in 0..self.k {
-            let b_row: &[f32; NR] = self.b[p * self.ldb + col..p * self.ldb + col + NR].try_into().expect("NR columns");
-            for (r, acc_row) in acc.iter_mut().enumerate() {
-                let a_rp = self.a[(row + r) * self.rsa + p * self.csa];
-                for (acc_v, &b_v) in acc_row.iter_mut().zip(b_row) {
-                    *acc_v = fused_multiply_add(a_rp, b_v, *acc_v);
-                }
-            }
-        }
-        for (r, acc_row) in acc.iter().enumerate() {
-            let c_row = &mut c[(row + r) * ldc + col..(row + r) * ldc + col + NR];
-            if self.accumulate {
-                c_row.iter_mut().zip(acc_row).for_each(|(cv, &av)| *cv += self.alpha * av);
-            } else {
-                c_row.iter_mut().zip(acc_row).for_each(|(cv, &av)| *cv = self.alpha * av);
-            }
-        }
-    }
-}
-
-/// `a·b + c`: one FMA where the target has it (the workspace builds with `target-cpu=native`).
-#[inline(always)]
-fn fused_multiply_add(a: f32, b: f32, c: f32) -> f32 {
-    #[cfg(target_feature = "fma")]
-    {
-        a.mul_add(b, c)
-    }
-    #[cfg(not(target_feature = "fma"))]
-    {
-        a * b + c
     }
 }
 

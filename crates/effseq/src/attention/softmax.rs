@@ -495,7 +495,7 @@ const BLOCK_ROWS: usize = 8;
 /// `ldb`; `C` is row-major with row stride `ldc`. Register blocks of [`BLOCK_ROWS`] rows × 32/16/8/1 columns
 /// accumulate over the whole `k` with fused multiply-adds (16 AVX-512 accumulators for the 8 × 32 block).
 #[allow(clippy::too_many_arguments)]
-fn tile_matmul(
+pub(crate) fn tile_matmul(
     m: usize,
     n: usize,
     k: usize,

@@ -51,6 +51,7 @@ use rayon::prelude::*;
 use crate::error::{check_len, Error, Result};
 use crate::layers::Linear;
 use crate::linalg::{matmul, packed_matmul_acc, PackedPanels, Trans};
+use crate::math::{exp, sigmoid};
 use crate::param::{Module, Param};
 use crate::rng::{fill_uniform, rng_for, streams, Rng};
 
@@ -276,37 +277,6 @@ fn add_column_sums(m: &[f32], width: usize, out: &mut [f32]) {
         })
         .collect();
     add_partials(&parts, out);
-}
-
-/// e^x, the Cephes single-precision algorithm of [`crate::math::exp`] (relative error below 2 ulp on [−87, 88]),
-/// with one change that lets loops over it vectorise: the integer `n = round(x / ln 2)` is read from the bits of
-/// `x / ln 2 + 1.5·2^23` instead of a saturating float → int cast, which the compiler emits as scalar code.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUNDER: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds |v| < 2^22 to an integer, ties to even
-    let x = x.clamp(-87.3, 88.3);
-    let shifted = x * LOG2E + ROUNDER;
-    let n = shifted - ROUNDER;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5e-1;
-    let y = p * r * r + r + 1.0;
-    // n ∈ [−126, 127] after the clamp, so n + 127 is a valid biased exponent.
-    let n_int = (shifted.to_bits() as i32).wrapping_sub(ROUNDER.to_bits() as i32);
-    y * f32::from_bits((n_int.wrapping_add(127) << 23) as u32)
-}
-
-/// The logistic function `1 / (1 + e^−x)`, vectorisable.
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
 }
 
 /// `x · sigmoid(x)`.

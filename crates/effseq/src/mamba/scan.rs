@@ -43,8 +43,8 @@ use std::marker::PhantomData;
 
 use rayon::prelude::*;
 
-use super::exp;
 use crate::error::{check_len, Result};
+use crate::math::exp;
 
 /// Time steps per chunk: the granularity of the stored boundary states and of the backward's recomputation.
 pub const CHUNK: usize = 64;
