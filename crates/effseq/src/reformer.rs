@@ -79,6 +79,7 @@ use crate::layers::activation::{gelu_erf_backward, gelu_erf_forward};
 use crate::layers::{LayerNorm, Linear};
 use crate::param::{Module, Param};
 use crate::rng::{fill_normal, rng_for, streams, Rng};
+use crate::transformer::add_sinusoid;
 
 /// Bytes of one `f32`.
 const F32_BYTES: usize = std::mem::size_of::<f32>();
@@ -577,20 +578,6 @@ struct ForwardSaved {
     dropout: bool,
     /// Reversible mode: the last layer's outputs `(Y1, Y2)`, `(N, D)` each.
     streams: Option<(Vec<f32>, Vec<f32>)>,
-}
-
-/// Adds the sinusoidal encoding of position `pos` to `row (D)`: `PE(pos, 2i) = sin(pos / 10000^(2i/D))`,
-/// `PE(pos, 2i+1) = cos(pos / 10000^(2i/D))` (Vaswani et al. 2017, sec. 3.5), computed in f64 (as
-/// [`crate::transformer`]).
-fn add_sinusoid(row: &mut [f32], pos: usize) {
-    let d = row.len();
-    for (i, pair) in row.chunks_mut(2).enumerate() {
-        let angle = pos as f64 / 10000f64.powf(2.0 * i as f64 / d as f64);
-        pair[0] += angle.sin() as f32;
-        if let Some(c) = pair.get_mut(1) {
-            *c += angle.cos() as f32;
-        }
-    }
 }
 
 /// The reversible Reformer stack: `(B, T, D_in)` → `(B, T, D)`.

@@ -175,7 +175,7 @@ fn apply_norm(norm: &LayerNorm, x: &[f32], n: usize) -> Result<Vec<f32>> {
 
 /// Adds the sinusoidal encoding of position `pos` to `row (D)`: `PE(pos, 2i) = sin(pos / 10000^(2i/D))`,
 /// `PE(pos, 2i+1) = cos(pos / 10000^(2i/D))` (Vaswani et al. 2017, sec. 3.5), computed in f64.
-fn add_sinusoid(row: &mut [f32], pos: usize) {
+pub(crate) fn add_sinusoid(row: &mut [f32], pos: usize) {
     let d = row.len();
     for (i, pair) in row.chunks_mut(2).enumerate() {
         let angle = pos as f64 / 10000f64.powf(2.0 * i as f64 / d as f64);
