@@ -5,7 +5,50 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::tasks::forecast::SeriesKind;
+
+/// Steps of a `digits` sequence: the 8x8 image read one pixel per step.
+pub const DIGITS_SEQ_LEN: usize = 64;
+/// Steps of an `smnist` sequence: the 28x28 image read one pixel per step.
+pub const SMNIST_SEQ_LEN: usize = 28 * 28;
+/// Tokens to reproduce in the selective-copy task (K = 16, the paper's setup).
+pub const SELECTIVE_COPY_TOKENS: usize = 16;
+/// ListOps' published upper length bound (exclusive), Long Range Arena.
+pub const LISTOPS_PUBLISHED_MAX_LEN: usize = 2000;
+
+/// Which shipped series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeriesKind {
+    /// Yearly mean sunspot numbers 1700-2008, univariate.
+    Sunspots,
+    /// Weekly Mauna Loa CO2 1958-2001, univariate, with missing values.
+    Co2,
+    /// Daily Seattle weather 2012-2015: four numeric features, target the maximum temperature.
+    Seattle,
+}
+
+impl SeriesKind {
+    /// All series, in the order the CLI lists them.
+    pub const ALL: &'static [SeriesKind] = &[SeriesKind::Sunspots, SeriesKind::Co2, SeriesKind::Seattle];
+
+    /// The name used on the command line and in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            SeriesKind::Sunspots => "sunspots",
+            SeriesKind::Co2 => "co2",
+            SeriesKind::Seattle => "seattle",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL.iter().copied().find(|k| k.name() == s.to_ascii_lowercase()).ok_or_else(|| Error::Unknown {
+            kind: "series",
+            name: s.to_string(),
+            choices: Self::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+        })
+    }
+}
 
 /// Which sequence architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -156,8 +199,8 @@ impl TaskKind {
     /// [`TaskConfig::seq_len`] is free.
     pub fn fixed_seq_len(self) -> Option<usize> {
         match self {
-            TaskKind::Digits => Some(crate::tasks::digits::SEQ_LEN),
-            TaskKind::Smnist => Some(crate::tasks::smnist::SEQ_LEN),
+            TaskKind::Digits => Some(DIGITS_SEQ_LEN),
+            TaskKind::Smnist => Some(SMNIST_SEQ_LEN),
             TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast | TaskKind::Charlm | TaskKind::Listops | TaskKind::SelectiveCopy | TaskKind::Duplicate => {
                 None
             }
@@ -472,7 +515,7 @@ impl TaskConfig {
             // Copy: 10 digits, the gap, the delimiter and 9 more blanks (see tasks::copy).
             TaskKind::Copy => self.seq_len + 20,
             // Selective copy: the content region, the separator and the 16 answers.
-            TaskKind::SelectiveCopy => self.seq_len + 1 + crate::tasks::selective_copy::TOKENS,
+            TaskKind::SelectiveCopy => self.seq_len + 1 + SELECTIVE_COPY_TOKENS,
             kind => kind.fixed_seq_len().unwrap_or(self.seq_len),
         }
     }
@@ -492,7 +535,7 @@ impl TaskConfig {
         match kind {
             TaskKind::Forecast => Self::default_window(series),
             TaskKind::Charlm => Self::DEFAULT_CHARLM_SEQ_LEN,
-            TaskKind::Listops => crate::tasks::listops::PUBLISHED_MAX_LEN,
+            TaskKind::Listops => LISTOPS_PUBLISHED_MAX_LEN,
             TaskKind::SelectiveCopy => Self::DEFAULT_SELECTIVE_COPY_SEQ_LEN,
             TaskKind::Duplicate => Self::DEFAULT_DUPLICATE_SEQ_LEN,
             other => other.fixed_seq_len().unwrap_or(Self::DEFAULT_SEQ_LEN),

@@ -15,9 +15,46 @@ use crate::param::{Module, Param};
 use crate::reformer::{Reformer, ReformerConfig};
 use crate::rng::{rng_for, streams, Rng};
 use crate::rnn::{Rnn, RnnConfig, RnnState};
-use crate::tasks::{InputKind, Inputs, Readout, TaskIo};
 use crate::tcn::{Tcn, TcnConfig, TcnState};
 use crate::transformer::{Transformer, TransformerConfig, TransformerState};
+
+/// What the model reads at each time step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// `dim` real features per step.
+    Dense { dim: usize },
+    /// One token id in `0..vocab` per step (the model embeds it).
+    Tokens { vocab: usize },
+}
+
+/// Where the model's predictions are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readout {
+    /// One prediction per sequence, from the last time step: output `(B, out_dim)`.
+    LastStep,
+    /// One prediction per time step: output `(B, T, out_dim)`.
+    EveryStep,
+}
+
+/// The model-facing shape of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskIo {
+    /// Input per step.
+    pub input: InputKind,
+    /// Width of each prediction (regression targets or class logits).
+    pub output_dim: usize,
+    /// Where predictions are read.
+    pub readout: Readout,
+}
+
+/// A batch's inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inputs {
+    /// `(B, T, D)` features.
+    Dense(Vec<f32>),
+    /// `(B, T)` token ids.
+    Tokens(Vec<u32>),
+}
 
 /// The sequence model inside a [`Network`]; one variant per architecture family.
 #[derive(Clone, Debug)]

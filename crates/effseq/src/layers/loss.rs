@@ -2,7 +2,9 @@
 
 use crate::error::{check_len, Error, Result};
 use crate::math::exp;
-use crate::tasks::IGNORE;
+
+/// Class target that is skipped by the loss and the metric (PyTorch's `ignore_index`).
+pub const IGNORE: i32 = -100;
 
 /// Mean squared error over every element, as `nn.MSELoss()` (reduction `mean`).
 ///

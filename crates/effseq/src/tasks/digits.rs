@@ -18,7 +18,7 @@ use crate::layers::loss::CrossEntropyOut;
 use crate::tasks::{Batch, InputKind, Readout, TaskIo};
 
 /// Pixels per image, the sequence length T.
-pub const SEQ_LEN: usize = 64;
+pub const SEQ_LEN: usize = crate::config::DIGITS_SEQ_LEN;
 /// Percentage of the images held out for testing.
 pub const TEST_PERCENT: usize = 20;
 

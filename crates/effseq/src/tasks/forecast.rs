@@ -31,7 +31,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::data::series::{load_series, GapReport, Series, SeriesSpec, TimeAxis};
 use crate::data::{data_path, EpochSampler, Split, CO2_FILE, SEATTLE_FILE, SUNSPOTS_FILE};
@@ -45,40 +45,9 @@ pub const TRAIN_PERCENT: usize = 70;
 /// Percent of the time steps in the validation split (the test split gets the rest, 15%).
 pub const VALIDATION_PERCENT: usize = 15;
 
-/// Which shipped series.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SeriesKind {
-    /// Yearly mean sunspot numbers 1700-2008, univariate.
-    Sunspots,
-    /// Weekly Mauna Loa CO2 1958-2001, univariate, with missing values.
-    Co2,
-    /// Daily Seattle weather 2012-2015: four numeric features, target the maximum temperature.
-    Seattle,
-}
+pub use crate::config::SeriesKind;
 
 impl SeriesKind {
-    /// All series, in the order the CLI lists them.
-    pub const ALL: &'static [SeriesKind] = &[SeriesKind::Sunspots, SeriesKind::Co2, SeriesKind::Seattle];
-
-    /// The name used on the command line and in configs.
-    pub fn name(self) -> &'static str {
-        match self {
-            SeriesKind::Sunspots => "sunspots",
-            SeriesKind::Co2 => "co2",
-            SeriesKind::Seattle => "seattle",
-        }
-    }
-
-    /// Parses a command-line name.
-    pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL.iter().copied().find(|k| k.name() == s.to_ascii_lowercase()).ok_or_else(|| Error::Unknown {
-            kind: "series",
-            name: s.to_string(),
-            choices: Self::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
-        })
-    }
-
     /// The file in the data directory.
     pub fn file(self) -> &'static str {
         match self {

@@ -60,7 +60,7 @@ pub const LEAF_THRESHOLD: f64 = 0.25;
 /// Published lower length bound (exclusive).
 pub const PUBLISHED_MIN_LEN: usize = 500;
 /// Published upper length bound (exclusive); inputs are at most `PUBLISHED_MAX_LEN - 1` tokens long.
-pub const PUBLISHED_MAX_LEN: usize = 2000;
+pub const PUBLISHED_MAX_LEN: usize = crate::config::LISTOPS_PUBLISHED_MAX_LEN;
 /// Published number of training sequences.
 pub const PUBLISHED_TRAIN_SIZE: usize = 96_000;
 /// Published number of test (and of validation) sequences.

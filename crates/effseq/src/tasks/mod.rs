@@ -17,43 +17,8 @@ pub mod listops;
 pub mod selective_copy;
 pub mod smnist;
 
-/// What the model reads at each time step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InputKind {
-    /// `dim` real features per step.
-    Dense { dim: usize },
-    /// One token id in `0..vocab` per step (the model embeds it).
-    Tokens { vocab: usize },
-}
-
-/// Where the model's predictions are read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Readout {
-    /// One prediction per sequence, from the last time step: output `(B, out_dim)`.
-    LastStep,
-    /// One prediction per time step: output `(B, T, out_dim)`.
-    EveryStep,
-}
-
-/// The model-facing shape of a task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskIo {
-    /// Input per step.
-    pub input: InputKind,
-    /// Width of each prediction (regression targets or class logits).
-    pub output_dim: usize,
-    /// Where predictions are read.
-    pub readout: Readout,
-}
-
-/// A batch's inputs.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Inputs {
-    /// `(B, T, D)` features.
-    Dense(Vec<f32>),
-    /// `(B, T)` token ids.
-    Tokens(Vec<u32>),
-}
+pub use crate::layers::loss::IGNORE;
+pub use crate::model::{InputKind, Inputs, Readout, TaskIo};
 
 /// A batch's targets.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,9 +28,6 @@ pub enum Targets {
     /// Class ids, `(B)` (LastStep) or `(B, T)` (EveryStep); [`IGNORE`] marks a position without a target.
     Classes(Vec<i32>),
 }
-
-/// Class target that is skipped by the loss and the metric (PyTorch's `ignore_index`).
-pub const IGNORE: i32 = -100;
 
 /// A batch of `batch` sequences of `seq_len` steps.
 #[derive(Clone, Debug, PartialEq)]

@@ -23,7 +23,7 @@ use crate::rng::{rng_for, streams, Rng};
 use crate::tasks::{Batch, InputKind, Inputs, Readout, Targets, TaskIo, IGNORE};
 
 /// Number of data tokens to remember (and to output), K.
-pub const TOKENS: usize = 16;
+pub const TOKENS: usize = crate::config::SELECTIVE_COPY_TOKENS;
 /// Number of distinct data symbols (`1..=SYMBOLS`), so a blind guess is right with probability 1/8.
 pub const SYMBOLS: u32 = 8;
 /// The noise token of the content region, also the blank input of the query positions.

@@ -21,7 +21,7 @@ use crate::layers::loss::CrossEntropyOut;
 use crate::tasks::{Batch, InputKind, Readout, TaskIo};
 
 /// Pixels per 28x28 image, the sequence length T.
-pub const SEQ_LEN: usize = 28 * 28;
+pub const SEQ_LEN: usize = crate::config::SMNIST_SEQ_LEN;
 /// Percentage of the images held out for testing (2,000 of the 10,000 shipped).
 pub const TEST_PERCENT: usize = 20;
 
