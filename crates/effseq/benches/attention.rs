@@ -14,7 +14,7 @@ const HEADS: usize = 4;
 
 fn mechanisms() -> [(&'static str, Mechanism); 3] {
     let features = favor::default_features(D / HEADS);
-    [("softmax", Mechanism::Softmax), ("linear", Mechanism::Linear), ("performer", Mechanism::Performer { features, kernel: FeatureKernel::Softmax })]
+    [("softmax", Mechanism::Softmax), ("linear", Mechanism::Linear), ("performer", Mechanism::Performer { features, kernel: FeatureKernel::SOFTMAX })]
 }
 
 fn layer(mechanism: Mechanism) -> MultiHeadAttention {

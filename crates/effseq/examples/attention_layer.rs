@@ -34,7 +34,7 @@ fn main() {
         let mechanism = match model.as_str() {
             "softmax" => Mechanism::Softmax,
             "linear" => Mechanism::Linear,
-            "performer" => Mechanism::Performer { features: favor::default_features(d / heads), kernel: FeatureKernel::Softmax },
+            "performer" => Mechanism::Performer { features: favor::default_features(d / heads), kernel: FeatureKernel::SOFTMAX },
             other => panic!("unknown model {other}"),
         };
         let cfg = AttentionConfig { mechanism, d_model: d, heads, causal: !args.iter().any(|a| a == "--bidirectional") };

@@ -4,8 +4,10 @@
 //! The fixtures `tests/fixtures/attention_*.safetensors` are written by `tests/fixtures/make_attention_fixtures.py`:
 //! PyTorch's `nn.TransformerEncoder` of pre-norm GELU `nn.TransformerEncoderLayer`s with a final LayerNorm, the
 //! softmax case through `nn.MultiheadAttention` itself, the linear case with a plain cumulative-sum linear attention
-//! and the Performer with performer-pytorch's own feature maps and a fixed projection matrix (see the script's
-//! docstring). Each holds the parameters under PyTorch's names, the input `x (B, T, D)` (sinusoidal positions are
+//! and the Performer with performer-pytorch's own feature maps (`softmax_kernel` with eps = 0, where its
+//! stabiliser placement and effseq's give the same attention) and a fixed projection matrix, plus two cases of
+//! effseq's default feature floor (1e-6 after a stabiliser over the whole exponent) written out in torch (see the
+//! script's docstring). Each holds the parameters under PyTorch's names, the input `x (B, T, D)` (sinusoidal positions are
 //! added on both sides), the loss weights `R` of L = sum(output * R), and PyTorch's `output`, `grad.x` and
 //! `grad.<param>`, computed in float64 from the float32 values.
 //!
@@ -31,10 +33,12 @@ const FIXTURES: &[&str] = &[
     "attention_performer_causal.safetensors",
     "attention_performer_bidirectional.safetensors",
     "attention_performer_relu_causal.safetensors",
+    "attention_performer_floor_causal.safetensors",
+    "attention_performer_floor_bidirectional.safetensors",
 ];
 
 const FIXTURE_MAGIC: &str = "effseq-attention-fixture";
-const FIXTURE_VERSION: &str = "1";
+const FIXTURE_VERSION: &str = "2";
 
 fn load_fixture(name: &str) -> Fixture {
     Fixture::load(name, FIXTURE_MAGIC, FIXTURE_VERSION, "make_attention_fixtures.py")
@@ -48,7 +52,12 @@ fn transformer_from_fixture(fixture: &Fixture) -> Transformer {
         "linear" => Mechanism::Linear,
         "performer" => Mechanism::Performer {
             features: fixture.meta_usize("features"),
-            kernel: if fixture.meta_str("kernel") == "relu" { FeatureKernel::Relu } else { FeatureKernel::Softmax },
+            kernel: if fixture.meta_str("kernel") == "relu" {
+                FeatureKernel::Relu
+            } else {
+                let floor = fixture.meta_str("feature_floor");
+                FeatureKernel::Softmax { floor: floor.parse().unwrap_or_else(|e| panic!("{}: feature_floor {floor}: {e}", fixture.name)) }
+            },
         },
         other => panic!("{}: unknown mechanism {other}", fixture.name),
     };

@@ -5,17 +5,28 @@
 //! features of the softmax kernel (Lemma 1, eq. 7 with h(x) = exp(-|x|^2/2)) are
 //!
 //! ```text
-//! phi(x)_f = m^(-1/2) (exp(w_f . x' - |x'|^2 / 2 - c) + eps),   E[phi(q) . phi(k)] ~ exp(q.k / sqrt(Dh)) (times exp(-c_q - c_k))
+//! phi(x)_f = m^(-1/2) (exp(w_f . x' - |x'|^2 / 2 - c) + floor),   E[phi(q) . phi(k)] ~ exp(q.k / sqrt(Dh)) (times exp(-c_q - c_k))
 //! ```
 //!
 //! where `c` is a stabiliser that cancels in the attention normalisation as long as it is shared by everything it
-//! must be shared by: for a query, its own max over features (a per-row constant cancels between numerator and
-//! denominator); for keys it must be the same for every key a query sees. Bidirectional: the max over all valid keys
-//! (performer-pytorch's choice). Causal: performer-pytorch also takes the max over the WHOLE sequence, which lets a
-//! future key change past outputs. Here the keys use a running max `c_j = max_{j' <= j} max_f w_f . x'_j'`, and the
-//! linear kernel rescales its prefix state by `decay_j = exp(c_{j-1} - c_j)` when the max grows, so that at query i
-//! every key is measured against the same `c_i`: exactly the global-stabiliser result (up to the eps term), with no
-//! look at the future. The stabilisers are constants for differentiation (performer-pytorch detaches them).
+//! must be shared by: for a query, a per-row constant (it cancels between numerator and denominator); for keys the
+//! same constant for every key a query sees. Bidirectional: one constant per (b, h) over all valid keys. Causal:
+//! performer-pytorch takes the max over the WHOLE sequence, which lets a future key change past outputs. Here the
+//! keys use a running max `c_j = max_{j' <= j} s_j'`, and the linear kernel rescales its prefix state by
+//! `decay_j = exp(c_{j-1} - c_j)` when the max grows, so that at query i every key is measured against the same
+//! `c_i`: exactly the global-stabiliser result (up to the floor), with no look at the future. The stabilisers are
+//! constants for differentiation (performer-pytorch detaches them too).
+//!
+//! **Where the floor sits.** performer-pytorch's stabiliser is `max_f w_f . x'` alone, so the largest feature of a
+//! row is `exp(-|x'|^2/2)`: with `|x'|^2 = 16` (a query of norm 8 at Dh = 16) that is 3e-4, and its eps = 1e-4 floor
+//! is then as large as the features themselves; across a sequence most features collapse onto the constant floor and
+//! attention turns uniform (the Performer then sat at the "predict the mean" baseline of the adding task). effseq
+//! takes the stabiliser over the whole exponent, `s = max_f (w_f . x' - |x'|^2/2)`, so the largest query feature is
+//! exactly 1 and the largest key feature of a sequence (of the prefix, causal) is 1, and adds a floor of
+//! [`SOFTMAX_FEATURE_FLOOR`] = 1e-6 relative to that. The floor only keeps the normaliser away from zero when every
+//! feature of a row underflows. With floor 0 both placements give the same attention (each differs from the other
+//! by a stabiliser that cancels), which is how the parity fixtures check this map against performer-pytorch's
+//! `softmax_kernel(eps=0)`.
 //!
 //! The projection rows are orthogonal random features (sec. 2.4): `Dh x Dh` Gaussian blocks orthogonalised (here by
 //! modified Gram-Schmidt in f64, performer-pytorch uses QR), each row rescaled by the norm of an independent Gaussian
@@ -28,18 +39,26 @@ use crate::error::{check_len, Error, Result};
 use crate::linalg::{matmul, Trans};
 use crate::rng::{fill_normal, Rng};
 
-/// Added to every softmax-kernel feature (performer-pytorch's `eps`), keeping the normaliser positive.
-pub const SOFTMAX_FEATURE_EPS: f32 = 1e-4;
+/// Added to every softmax-kernel feature, relative to the largest feature of the row (query) or of the keys seen
+/// (which are 1): keeps the normaliser positive when every feature of a row underflows, and is otherwise
+/// negligible. (performer-pytorch adds 1e-4 after a stabiliser that leaves the largest feature at exp(-|x'|^2/2).)
+pub const SOFTMAX_FEATURE_FLOOR: f32 = 1e-6;
 /// Added to every ReLU-kernel feature (performer-pytorch's `kernel_epsilon`).
 pub const RELU_FEATURE_EPS: f32 = 1e-3;
 
 /// The kernel the random features estimate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum FeatureKernel {
-    /// Positive random features of the softmax kernel (FAVOR+).
-    Softmax,
+    /// Positive random features of the softmax kernel (FAVOR+), `floor` added to every feature relative to the
+    /// largest (see the module docs; [`FeatureKernel::SOFTMAX`] uses [`SOFTMAX_FEATURE_FLOOR`]).
+    Softmax { floor: f32 },
     /// `relu(w . x') + 0.001`.
     Relu,
+}
+
+impl FeatureKernel {
+    /// The softmax kernel with the default floor.
+    pub const SOFTMAX: FeatureKernel = FeatureKernel::Softmax { floor: SOFTMAX_FEATURE_FLOOR };
 }
 
 /// performer-pytorch's default feature count `int(Dh ln Dh)` (at least 1).
@@ -79,12 +98,17 @@ pub fn orthogonal_gaussian(m: usize, dh: usize, rng: &mut Rng) -> Vec<f32> {
     out
 }
 
-fn check(x: &[f32], n: usize, dh: usize, proj: &[f32], m: usize, out: &[f32]) -> Result<()> {
+fn check(x: &[f32], n: usize, dh: usize, proj: &[f32], m: usize, kernel: FeatureKernel, out: &[f32]) -> Result<()> {
     check_len("feature-map input (N, Dh)", &[n, dh], x.len())?;
     check_len("random projection (M, Dh)", &[m, dh], proj.len())?;
     check_len("features (N, M)", &[n, m], out.len())?;
     if m == 0 || dh == 0 {
         return Err(Error::Invalid("random features need M >= 1 and Dh >= 1".into()));
+    }
+    if let FeatureKernel::Softmax { floor } = kernel {
+        if !(floor.is_finite() && floor >= 0.0) {
+            return Err(Error::Invalid(format!("the softmax feature floor must be finite and >= 0, got {floor}")));
+        }
     }
     Ok(())
 }
@@ -99,14 +123,15 @@ fn projections(x: &[f32], n: usize, dh: usize, proj: &[f32], m: usize, a: &mut [
 /// Query features `out (N, M)` of `x (N, Dh)`: per-row stabiliser (softmax kernel) or ReLU.
 #[allow(clippy::too_many_arguments)]
 pub fn query_features(x: &[f32], n: usize, dh: usize, proj: &[f32], m: usize, kernel: FeatureKernel, out: &mut [f32]) -> Result<()> {
-    check(x, n, dh, proj, m, out)?;
+    check(x, n, dh, proj, m, kernel, out)?;
     let diag = projections(x, n, dh, proj, m, out);
     let ratio = (m as f32).powf(-0.5);
     for (row, d) in out.chunks_exact_mut(m).zip(diag) {
         match kernel {
-            FeatureKernel::Softmax => {
-                let c = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                row.iter_mut().for_each(|a| *a = ratio * (crate::math::exp(*a - d - c) + SOFTMAX_FEATURE_EPS));
+            FeatureKernel::Softmax { floor } => {
+                // The per-row stabiliser max_f (a_f - d) = max_f a_f - d: the largest feature is exactly 1.
+                let c = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) - d;
+                row.iter_mut().for_each(|a| *a = ratio * (crate::math::exp(*a - d - c) + floor));
             }
             FeatureKernel::Relu => row.iter_mut().for_each(|a| *a = a.max(0.0) + RELU_FEATURE_EPS),
         }
@@ -129,7 +154,7 @@ pub fn key_features_causal(
     out: &mut [f32],
     decay: &mut [f32],
 ) -> Result<()> {
-    check(x, bh * t, dh, proj, m, out)?;
+    check(x, bh * t, dh, proj, m, kernel, out)?;
     check_len("key decay (BH, T)", &[bh, t], decay.len())?;
     let diag = projections(x, bh * t, dh, proj, m, out);
     let ratio = (m as f32).powf(-0.5);
@@ -139,12 +164,12 @@ pub fn key_features_causal(
             let row_idx = u * t + j;
             let row = &mut out[row_idx * m..(row_idx + 1) * m];
             match kernel {
-                FeatureKernel::Softmax => {
-                    let c = running.max(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+                FeatureKernel::Softmax { floor } => {
+                    let d = diag[row_idx];
+                    let c = running.max(row.iter().copied().fold(f32::NEG_INFINITY, f32::max) - d);
                     decay[row_idx] = if j == 0 { 1.0 } else { crate::math::exp(running - c) };
                     running = c;
-                    let d = diag[row_idx];
-                    row.iter_mut().for_each(|a| *a = ratio * (crate::math::exp(*a - d - c) + SOFTMAX_FEATURE_EPS));
+                    row.iter_mut().for_each(|a| *a = ratio * (crate::math::exp(*a - d - c) + floor));
                 }
                 FeatureKernel::Relu => {
                     decay[row_idx] = 1.0;
@@ -172,7 +197,7 @@ pub fn key_features_global(
     out: &mut [f32],
 ) -> Result<()> {
     let bh = b * h;
-    check(x, bh * t, dh, proj, m, out)?;
+    check(x, bh * t, dh, proj, m, kernel, out)?;
     if let Some(l) = lengths {
         check_len("sequence lengths (B)", &[b], l.len())?;
         if let Some(&bad) = l.iter().find(|&&n| n > t) {
@@ -184,12 +209,17 @@ pub fn key_features_global(
     for u in 0..bh {
         let block = &mut out[u * t * m..(u + 1) * t * m];
         match kernel {
-            FeatureKernel::Softmax => {
+            FeatureKernel::Softmax { floor } => {
                 let valid = lengths.map_or(t, |l| l[u / h]);
-                let c = block[..valid * m].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let diag_u = &diag[u * t..(u + 1) * t];
+                let c = block[..valid * m]
+                    .chunks_exact(m)
+                    .zip(diag_u)
+                    .map(|(row, &d)| row.iter().copied().fold(f32::NEG_INFINITY, f32::max) - d)
+                    .fold(f32::NEG_INFINITY, f32::max);
                 let c = if c.is_finite() { c } else { 0.0 };
-                for (row, &d) in block.chunks_exact_mut(m).zip(&diag[u * t..(u + 1) * t]) {
-                    row.iter_mut().for_each(|a| *a = ratio * (crate::math::exp(*a - d - c) + SOFTMAX_FEATURE_EPS));
+                for (row, &d) in block.chunks_exact_mut(m).zip(diag_u) {
+                    row.iter_mut().for_each(|a| *a = ratio * (crate::math::exp(*a - d - c) + floor));
                 }
             }
             FeatureKernel::Relu => block.iter_mut().for_each(|a| *a = a.max(0.0) + RELU_FEATURE_EPS),
@@ -213,7 +243,7 @@ pub fn features_backward(
     dfeats: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
-    check(x, n, dh, proj, m, feats)?;
+    check(x, n, dh, proj, m, kernel, feats)?;
     check_len("feature gradient (N, M)", &[n, m], dfeats.len())?;
     check_len("input gradient (N, Dh)", &[n, dh], dx.len())?;
     let norm = (dh as f32).powf(-0.25);
@@ -221,7 +251,7 @@ pub fn features_backward(
     let mut g = vec![0.0f32; n * m]; // (N, M) d loss / d (w_f . x')
     for ((gv, &phi), &dphi) in g.iter_mut().zip(feats).zip(dfeats) {
         *gv = match kernel {
-            FeatureKernel::Softmax => dphi * (phi - ratio * SOFTMAX_FEATURE_EPS),
+            FeatureKernel::Softmax { floor } => dphi * (phi - ratio * floor),
             FeatureKernel::Relu => {
                 if phi > RELU_FEATURE_EPS {
                     dphi
@@ -233,7 +263,7 @@ pub fn features_backward(
     }
     // dx' (N, Dh) = g (N, M) W (M, Dh), scaled by Dh^(-1/4) into dx.
     matmul(n, dh, m, norm, &g, Trans::N, proj, Trans::N, 0.0, dx);
-    if kernel == FeatureKernel::Softmax {
+    if let FeatureKernel::Softmax { .. } = kernel {
         // The -|x'|^2/2 term: dx' -= x' sum_f g_f, i.e. dx -= x Dh^(-1/2) sum_f g_f.
         for ((dxr, xr), gr) in dx.chunks_exact_mut(dh).zip(x.chunks_exact(dh)).zip(g.chunks_exact(m)) {
             let s: f32 = gr.iter().sum::<f32>() * norm * norm;
@@ -258,7 +288,7 @@ pub fn key_features_step(
     out: &mut [f32],
     decay: &mut [f32],
 ) -> Result<()> {
-    check(x_t, bh, dh, proj, m, out)?;
+    check(x_t, bh, dh, proj, m, kernel, out)?;
     check_len("running key maximum (BH)", &[bh], running_max.len())?;
     check_len("key decay (BH)", &[bh], decay.len())?;
     let norm = (dh as f32).powf(-0.25);
@@ -267,13 +297,13 @@ pub fn key_features_step(
     for u in 0..bh {
         let row = &mut out[u * m..(u + 1) * m];
         match kernel {
-            FeatureKernel::Softmax => {
+            FeatureKernel::Softmax { floor } => {
                 let d = x_t[u * dh..(u + 1) * dh].iter().map(|v| v * v).sum::<f32>() * norm * norm / 2.0;
                 let before = running_max[u];
-                let c = before.max(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+                let c = before.max(row.iter().copied().fold(f32::NEG_INFINITY, f32::max) - d);
                 decay[u] = if before == f32::NEG_INFINITY { 1.0 } else { crate::math::exp(before - c) };
                 running_max[u] = c;
-                row.iter_mut().for_each(|a| *a = ratio * (crate::math::exp(*a - d - c) + SOFTMAX_FEATURE_EPS));
+                row.iter_mut().for_each(|a| *a = ratio * (crate::math::exp(*a - d - c) + floor));
             }
             FeatureKernel::Relu => {
                 decay[u] = 1.0;
@@ -339,14 +369,14 @@ mod tests {
     fn favor(q: &[f32], k: &[f32], v: &[f32], t: usize, dh: usize, m: usize, causal: bool, seed: u64) -> Vec<f32> {
         let proj = orthogonal_gaussian(m, dh, &mut rng_for(seed, 5));
         let (mut fq, mut fk) = (vec![0.0f32; t * m], vec![0.0f32; t * m]);
-        query_features(q, t, dh, &proj, m, FeatureKernel::Softmax, &mut fq).unwrap();
+        query_features(q, t, dh, &proj, m, FeatureKernel::SOFTMAX, &mut fq).unwrap();
         let (mut out, mut den) = (vec![0.0f32; t * dh], vec![0.0f32; t]);
         if causal {
             let mut decay = vec![0.0f32; t];
-            key_features_causal(k, 1, t, dh, &proj, m, FeatureKernel::Softmax, &mut fk, &mut decay).unwrap();
+            key_features_causal(k, 1, t, dh, &proj, m, FeatureKernel::SOFTMAX, &mut fk, &mut decay).unwrap();
             linear::causal_forward(&fq, &fk, v, Some(&decay), 1, t, m, dh, 0.0, &mut out, &mut den).unwrap();
         } else {
-            key_features_global(k, 1, 1, t, dh, None, &proj, m, FeatureKernel::Softmax, &mut fk).unwrap();
+            key_features_global(k, 1, 1, t, dh, None, &proj, m, FeatureKernel::SOFTMAX, &mut fk).unwrap();
             linear::bidirectional_forward(&fq, &fk, v, 1, 1, None, t, m, dh, 0.0, &mut out, &mut den).unwrap();
         }
         out
@@ -394,7 +424,7 @@ mod tests {
         let (bh, t, dh, m) = (2, 7, 4, 9);
         let x = random(bh * t * dh, 7, 3.0);
         let proj = orthogonal_gaussian(m, dh, &mut rng_for(3, 3));
-        for kernel in [FeatureKernel::Softmax, FeatureKernel::Relu] {
+        for kernel in [FeatureKernel::SOFTMAX, FeatureKernel::Relu] {
             let (mut all, mut decay) = (vec![0.0f32; bh * t * m], vec![0.0f32; bh * t]);
             key_features_causal(&x, bh, t, dh, &proj, m, kernel, &mut all, &mut decay).unwrap();
             let mut running = vec![f32::NEG_INFINITY; bh];
@@ -419,7 +449,7 @@ mod tests {
         let x = random(n * dh, 8, 1.5);
         let proj = orthogonal_gaussian(m, dh, &mut rng_for(4, 4));
         let r = random(n * m, 9, 1.0);
-        for kernel in [FeatureKernel::Softmax, FeatureKernel::Relu] {
+        for kernel in [FeatureKernel::SOFTMAX, FeatureKernel::Relu] {
             // The stabiliser is a constant for differentiation: evaluate the perturbed features with the
             // unperturbed per-row maxima by using the causal key map on single-row sequences with a fixed c.
             let feats_with = |x: &[f32], c: &[f32]| -> Vec<f64> {
@@ -431,7 +461,7 @@ mod tests {
                     for f in 0..m {
                         let a: f64 = (0..dh).map(|y| x[i * dh + y] as f64 * norm * proj[f * dh + y] as f64).sum();
                         out[i * m + f] = match kernel {
-                            FeatureKernel::Softmax => ratio * ((a - d - c[i] as f64).exp() + SOFTMAX_FEATURE_EPS as f64),
+                            FeatureKernel::Softmax { floor } => ratio * ((a - d - c[i] as f64).exp() + floor as f64),
                             FeatureKernel::Relu => a.max(0.0) + RELU_FEATURE_EPS as f64,
                         };
                     }
@@ -440,10 +470,14 @@ mod tests {
             };
             let mut feats = vec![0.0f32; n * m];
             query_features(&x, n, dh, &proj, m, kernel, &mut feats).unwrap();
-            // The per-row maxima the query map used.
+            // The per-row stabilisers the query map used: max_f (a_f - |x'|^2/2).
             let mut a = vec![0.0f32; n * m];
             matmul(n, m, dh, (dh as f32).powf(-0.25), &x, Trans::N, &proj, Trans::T, 0.0, &mut a);
-            let c: Vec<f32> = a.chunks_exact(m).map(|r| r.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect();
+            let c: Vec<f32> = a
+                .chunks_exact(m)
+                .zip(x.chunks_exact(dh))
+                .map(|(r, xr)| r.iter().copied().fold(f32::NEG_INFINITY, f32::max) - xr.iter().map(|v| v * v).sum::<f32>() / (dh as f32).sqrt() / 2.0)
+                .collect();
             let oracle = feats_with(&x, &c);
             for (got, want) in feats.iter().zip(&oracle) {
                 assert!((*got as f64 - want).abs() < 1e-5 * want.abs().max(1e-3));
@@ -470,8 +504,8 @@ mod tests {
     fn bad_shapes_are_errors() {
         let proj = vec![0.0f32; 6];
         let mut out = vec![0.0f32; 6];
-        assert!(query_features(&[0.0; 4], 2, 2, &proj, 3, FeatureKernel::Softmax, &mut out).is_ok());
-        assert!(query_features(&[0.0; 3], 2, 2, &proj, 3, FeatureKernel::Softmax, &mut out).is_err());
-        assert!(key_features_global(&[0.0; 4], 1, 1, 2, 2, Some(&[3]), &proj, 3, FeatureKernel::Softmax, &mut out).is_err());
+        assert!(query_features(&[0.0; 4], 2, 2, &proj, 3, FeatureKernel::SOFTMAX, &mut out).is_ok());
+        assert!(query_features(&[0.0; 3], 2, 2, &proj, 3, FeatureKernel::SOFTMAX, &mut out).is_err());
+        assert!(key_features_global(&[0.0; 4], 1, 1, 2, 2, Some(&[3]), &proj, 3, FeatureKernel::SOFTMAX, &mut out).is_err());
     }
 }

@@ -31,7 +31,7 @@ pub use favor::FeatureKernel;
 pub const LINEAR_EPS: f32 = 1e-6;
 
 /// Which attention an [`MultiHeadAttention`] computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mechanism {
     /// Exact softmax attention, tiled.
     Softmax,
@@ -42,7 +42,7 @@ pub enum Mechanism {
 }
 
 /// Shape and behaviour of one attention layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionConfig {
     /// The mechanism.
     pub mechanism: Mechanism,
