@@ -172,14 +172,18 @@ pub(crate) struct WeightNormConv {
 }
 
 impl WeightNormConv {
-    /// A convolution named `{name}.weight_g` / `.weight_v` / `.bias`, initialised as locuslab intends:
-    /// `v ~ N(0, 0.01²)`, `g = ‖v‖` (as `weight_norm` sets it, so `w = v` at init), and the bias as PyTorch's
-    /// `Conv1d` default, U(−1/√(C_in·K), 1/√(C_in·K)). Draws `v`, then the bias.
+    /// A convolution named `{name}.weight_g` / `.weight_v` / `.bias`, initialised as locuslab's `TemporalBlock`
+    /// really is: `v` and the bias as PyTorch's `Conv1d` default, U(−1/√(C_in·K), 1/√(C_in·K)), and `g = ‖v‖` (as
+    /// `weight_norm` sets it, so `w = v` at init). Draws `v`, then the bias. (locuslab's `init_weights` writes
+    /// N(0, 0.01²) into `conv1.weight.data`, but `weight_norm` recomputes `weight` from `weight_g` and `weight_v`
+    /// before every forward, so that draw never reaches the model; filters that small would shrink every level's
+    /// signal about tenfold and the network would stay at the trivial baseline of the adding and copy tasks.)
     pub fn new(name: &str, c_in: usize, c_out: usize, kernel: usize, dilation: usize, rng: &mut Rng) -> WeightNormConv {
+        let bound = 1.0 / ((c_in * kernel) as f32).sqrt();
         let mut weight_v = Param::zeros(format!("{name}.weight_v"), &[c_out, c_in, kernel]);
-        fill_normal(rng, &mut weight_v.value, 0.01);
+        fill_uniform(rng, &mut weight_v.value, bound);
         let mut bias = Param::zeros(format!("{name}.bias"), &[c_out]);
-        fill_uniform(rng, &mut bias.value, 1.0 / ((c_in * kernel) as f32).sqrt());
+        fill_uniform(rng, &mut bias.value, bound);
         let mut conv = WeightNormConv {
             weight_g: Param::zeros(format!("{name}.weight_g"), &[c_out, 1, 1]),
             weight_v,

@@ -187,14 +187,15 @@ pub struct Tcn {
 }
 
 impl Tcn {
-    /// A network initialised as locuslab's `TemporalConvNet` intends, drawn from `seed`: in every convolution
-    /// `weight_v ~ N(0, 0.01²)` and `weight_g = ‖weight_v‖` (so the effective filter is `weight_v`), each
-    /// `downsample.weight ~ N(0, 0.01²)`, and every bias as PyTorch's `Conv1d` default, U(−1/√fan_in, 1/√fan_in)
-    /// with fan_in = C_in·K. Parameters are named as its `state_dict` (`network.0.conv1.weight_g`, ...).
+    /// A network initialised as locuslab's `TemporalConvNet` really is, drawn from `seed`: in every convolution
+    /// `weight_v` as PyTorch's `Conv1d` default, U(−1/√fan_in, 1/√fan_in) with fan_in = C_in·K, and
+    /// `weight_g = ‖weight_v‖` (so the effective filter is `weight_v`), each `downsample.weight ~ N(0, 0.01²)`, and
+    /// every bias as `Conv1d`'s default. Parameters are named as its `state_dict` (`network.0.conv1.weight_g`, ...).
     ///
     /// (locuslab's `init_weights` writes N(0, 0.01²) into `conv.weight.data`, which `weight_norm` recomputes
-    /// from `weight_g`/`weight_v` at the next forward, so in PyTorch the draw is lost and `v` keeps `Conv1d`'s
-    /// default; here `v ~ N(0, 0.01²)` and `g = ‖v‖`, the documented intent.)
+    /// from `weight_g`/`weight_v` at the next forward, so in PyTorch that draw is lost and `v` keeps `Conv1d`'s
+    /// default. effseq once took the N(0, 0.01²) "intent" literally; that TCN never left the trivial baseline of
+    /// the adding and copy tasks. The downsample is not weight-normalised, so its N(0, 0.01²) is real.)
     pub fn new(cfg: &TcnConfig, seed: u64) -> Result<Tcn> {
         Tcn::with_prefix(cfg, seed, "")
     }

@@ -127,12 +127,18 @@ fn parameters_are_named_shaped_and_initialised_as_locuslab() {
         let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
         assert!((block.conv2.weight_g.value[o] - norm).abs() < 1e-6);
     }
-    // v ~ N(0, 0.01²): the sample standard deviation of 512 draws is within 15% of 0.01.
-    let v = &block.conv2.weight_v.value;
-    let std = (v.iter().map(|a| (a * a) as f64).sum::<f64>() / v.len() as f64).sqrt();
-    assert!((std - 0.01).abs() < 0.0015, "std of weight_v = {std}");
-    // Bias within PyTorch's bound 1/sqrt(C_in·K), and not all zero.
+    // v ~ U(-1/sqrt(C_in·K), 1/sqrt(C_in·K)) as PyTorch's Conv1d (what locuslab's model really starts from): inside
+    // the bound, and the sample standard deviation of 512 draws within 15% of bound/sqrt(3).
     let bound = 1.0 / (32.0f32).sqrt();
+    let v = &block.conv2.weight_v.value;
+    assert!(v.iter().all(|a| a.abs() <= bound));
+    let std = (v.iter().map(|a| (a * a) as f64).sum::<f64>() / v.len() as f64).sqrt();
+    let want = f64::from(bound) / 3f64.sqrt();
+    assert!((std - want).abs() < 0.15 * want, "std of weight_v = {std}, want {want}");
+    // The downsample is not weight-normalised, so locuslab's N(0, 0.01²) is real there.
+    let ds = &tcn.blocks[0].downsample.as_ref().unwrap().weight.value;
+    assert!(ds.iter().all(|a| a.abs() < 0.06) && ds.iter().any(|&a| a != 0.0));
+    // Bias within PyTorch's bound 1/sqrt(C_in·K), and not all zero.
     assert!(block.conv2.bias.value.iter().all(|b| b.abs() <= bound) && block.conv2.bias.value.iter().any(|&b| b != 0.0));
     assert_eq!(Tcn::new(&cfg, 4).unwrap().params()[0].name, "network.0.conv1.bias");
 }
