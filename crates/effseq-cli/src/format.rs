@@ -40,7 +40,12 @@ pub fn describe_model(m: &ModelConfig) -> String {
             }
             if m.kind == effseq::config::ModelKind::Reformer {
                 let layers = if m.reversible { "reversible" } else { "stored activations" };
-                s.push_str(&format!(", LSH buckets of {} with {} hash rounds, {layers}, feed-forward in {} chunks", m.bucket_size, m.n_hashes, m.ff_chunks));
+                s.push_str(&format!(
+                    ", LSH buckets of {} with {} hash rounds, {layers}, feed-forward in {} chunks",
+                    m.lsh_bucket_size(),
+                    m.n_hashes,
+                    m.ff_chunks
+                ));
             }
             if m.tie_embeddings {
                 s.push_str(", tied embeddings");

@@ -102,7 +102,7 @@ pub struct TrainArgs {
     /// Mamba: width of the causal depthwise convolution [default: 4].
     #[arg(long, value_name = "K")]
     pub d_conv: Option<usize>,
-    /// Reformer: positions per LSH bucket (and attention chunk) [default: 64].
+    /// Reformer: positions per LSH bucket (and attention chunk) [default: 64, or T when the sequence is shorter].
     #[arg(long, value_name = "N")]
     pub bucket_size: Option<usize>,
     /// Reformer: LSH hash rounds [default: 4].
@@ -237,7 +237,9 @@ impl TrainArgs {
         set(&mut m.d_state, self.d_state);
         set(&mut m.expand, self.expand);
         set(&mut m.d_conv, self.d_conv);
-        set(&mut m.bucket_size, self.bucket_size);
+        if self.bucket_size.is_some() {
+            m.bucket_size = self.bucket_size;
+        }
         set(&mut m.n_hashes, self.n_hashes);
         set(&mut m.ff_chunks, self.ff_chunks);
         if self.no_reversible {
@@ -272,6 +274,11 @@ impl TrainArgs {
 
     /// The fresh run's config: defaults, then the config file, then the flags.
     pub(crate) fn fresh_config(&self) -> Result<RunConfig, CliError> {
+        self.fresh_config_and_choices().map(|(cfg, _)| cfg)
+    }
+
+    /// [`TrainArgs::fresh_config`] and a sentence for every default it picked from the sequence length.
+    fn fresh_config_and_choices(&self) -> Result<(RunConfig, Vec<String>), CliError> {
         let mut cfg = match &self.config {
             Some(path) => RunConfig::from_file(path).map_err(|e| match e {
                 effseq::Error::Io { source, .. } => {
@@ -284,8 +291,8 @@ impl TrainArgs {
         self.apply(&mut cfg);
         cfg.validate()?;
         let steps = cfg.task.steps_per_sequence();
-        cfg.model.resolve_for_sequence(steps);
-        Ok(cfg)
+        let chosen = cfg.model.resolve_for_sequence(steps);
+        Ok((cfg, chosen))
     }
 
     /// A resumed run keeps its checkpoint's config; only --steps, --eval-every and --checkpoint-every may change.
@@ -367,6 +374,7 @@ fn changed_fields(saved: &RunConfig, wanted: &RunConfig) -> String {
 /// Runs `effseq train`.
 pub fn run(args: &TrainArgs, json: bool) -> Result<(), CliError> {
     let mut progress = TrainProgress::new(json);
+    let mut chosen = Vec::new();
     let (trainer, out, resumed_at) = match &args.resume {
         Some(dir) => {
             let mut loaded = checkpoint::load(dir)?;
@@ -379,14 +387,15 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), CliError> {
             (Trainer::resume(loaded)?, out, Some((dir.clone(), step)))
         }
         None => {
-            let cfg = args.fresh_config()?;
+            let (cfg, picked) = args.fresh_config_and_choices()?;
+            chosen = picked;
             let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
             refuse_to_replace(&out, args.overwrite)?;
             (Trainer::new(cfg)?, out, None)
         }
     };
     let mut trainer = trainer.with_checkpoint_dir(&out);
-    print_header(&progress, &trainer, &out, resumed_at.as_ref());
+    print_header(&progress, &trainer, &out, resumed_at.as_ref(), &chosen);
     if args.eval_size.is_some() && trainer.config().task.kind.is_real_data() {
         progress.line(&format!(
             "note: --eval-size does not apply to {}: it is evaluated on its fixed test split ({} sequences)",
@@ -410,11 +419,14 @@ fn refuse_to_replace(out: &Path, overwrite: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_header(progress: &TrainProgress, trainer: &Trainer, out: &Path, resumed_at: Option<&(PathBuf, u64)>) {
+fn print_header(progress: &TrainProgress, trainer: &Trainer, out: &Path, resumed_at: Option<&(PathBuf, u64)>, chosen: &[String]) {
     let cfg = trainer.config();
     let task: &Task = trainer.task();
     progress.line(&format!("effseq {}: training {} on {}", env!("CARGO_PKG_VERSION"), cfg.model.kind.name(), cfg.task.kind.name()));
     progress.line(&format!("  model  {}: {} parameters", describe_model(&cfg.model), grouped(trainer.network().num_params())));
+    for choice in chosen {
+        progress.line(&format!("  auto   {choice}"));
+    }
     progress.line(&format!("  task   {} ({})", describe_task(cfg), task.baseline_note()));
     if let Some(rf) = cfg.model.receptive_field().filter(|&rf| rf < task.steps_per_sequence()) {
         progress.line(&format!(

@@ -261,8 +261,10 @@ pub struct ModelConfig {
     pub expand: usize,
     /// Mamba: width of the causal depthwise convolution. Default 4.
     pub d_conv: usize,
-    /// Reformer: positions per LSH bucket, also the attention chunk length. Default 64.
-    pub bucket_size: usize,
+    /// Reformer: positions per LSH bucket, also the attention chunk length. Default: picked from the task's sequence
+    /// length T when the run starts ([`ModelConfig::resolve_for_sequence`]): the paper's 64, or T when the sequence
+    /// is shorter (it then fits one bucket, and LSH attention is exact full attention computed in one round).
+    pub bucket_size: Option<usize>,
     /// Reformer: hash rounds of LSH attention during training (evaluation may override it). Default 4.
     pub n_hashes: usize,
     /// Reformer: the feed-forward layer runs over the sequence in this many row chunks. Default 8.
@@ -326,13 +328,16 @@ impl Default for ModelConfig {
             d_state: 16,
             expand: 2,
             d_conv: 4,
-            bucket_size: 64,
+            bucket_size: None,
             n_hashes: 4,
             ff_chunks: 8,
             reversible: true,
         }
     }
 }
+
+/// Reformer bucket size (the paper's and reformer-pytorch's 64) for sequences longer than it.
+pub const DEFAULT_BUCKET_SIZE: usize = 64;
 
 /// TCN levels used when neither the config nor a task length says otherwise.
 pub const DEFAULT_TCN_LEVELS: usize = 8;
@@ -369,6 +374,11 @@ impl ModelConfig {
         self.features.unwrap_or_else(|| crate::attention::favor::default_features(self.head_dim()))
     }
 
+    /// Reformer: the LSH bucket size in effect ([`DEFAULT_BUCKET_SIZE`] until resolved for a sequence length).
+    pub fn lsh_bucket_size(&self) -> usize {
+        self.bucket_size.unwrap_or(DEFAULT_BUCKET_SIZE)
+    }
+
     /// TCN levels in effect ([`DEFAULT_TCN_LEVELS`] until resolved for a sequence length).
     pub fn tcn_levels(&self) -> usize {
         self.levels.unwrap_or(DEFAULT_TCN_LEVELS)
@@ -380,15 +390,29 @@ impl ModelConfig {
     }
 
     /// Fills the defaults that depend on the task's sequence length `t`: a TCN without `levels` gets the fewest
-    /// levels whose receptive field covers `t` (kernel 1 cannot grow: one level then).
-    pub fn resolve_for_sequence(&mut self, t: usize) {
+    /// levels whose receptive field covers `t` (kernel 1 cannot grow: one level then); a Reformer without
+    /// `bucket_size` gets [`DEFAULT_BUCKET_SIZE`], or `t` when the sequence is shorter. Returns a sentence per
+    /// value it chose, for a run's header.
+    pub fn resolve_for_sequence(&mut self, t: usize) -> Vec<String> {
+        let mut chosen = Vec::new();
+        if self.kind == ModelKind::Reformer && self.bucket_size.is_none() {
+            let bucket = t.clamp(1, DEFAULT_BUCKET_SIZE);
+            self.bucket_size = Some(bucket);
+            chosen.push(if bucket < DEFAULT_BUCKET_SIZE || t == DEFAULT_BUCKET_SIZE {
+                format!("bucket_size {bucket} from T = {t}: the sequence fits one LSH bucket, so attention is exact and computed in one round")
+            } else {
+                format!("bucket_size {bucket} (the paper's; T = {t})")
+            });
+        }
         if self.kind == ModelKind::Tcn && self.levels.is_none() {
             let mut levels = 1;
             while self.kernel_size > 1 && tcn_receptive_field(self.kernel_size, levels) < t && levels < crate::tcn::MAX_LEVELS {
                 levels += 1;
             }
             self.levels = Some(levels);
+            chosen.push(format!("levels {levels}: the fewest whose receptive field ({}) covers T = {t}", tcn_receptive_field(self.kernel_size, levels)));
         }
+        chosen
     }
 
     /// Checks the ranges of every field.
@@ -428,7 +452,7 @@ impl ModelConfig {
             }
         }
         if self.kind == ModelKind::Reformer {
-            for (name, value) in [("bucket_size", self.bucket_size), ("n_hashes", self.n_hashes), ("ff_chunks", self.ff_chunks)] {
+            for (name, value) in [("bucket_size", self.lsh_bucket_size()), ("n_hashes", self.n_hashes), ("ff_chunks", self.ff_chunks)] {
                 if value == 0 {
                     return Err(Error::config(format!("model.{name} must be at least 1")));
                 }

@@ -171,7 +171,7 @@ impl Backbone {
                     causal: !cfg.bidirectional,
                     positional: cfg.positional,
                     max_len: cfg.max_len,
-                    bucket_size: cfg.bucket_size,
+                    bucket_size: cfg.lsh_bucket_size(),
                     n_hashes: cfg.n_hashes,
                     ff_chunks: cfg.ff_chunks,
                     reversible: cfg.reversible,

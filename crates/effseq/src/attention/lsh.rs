@@ -696,6 +696,21 @@ impl LshConfig {
         }
     }
 
+    /// The options a layer hashes with at length `t` ([`LshSelfAttention::forward`]): [`LshConfig::options`], except
+    /// when the whole sequence fits one bucket (`t <= bucket_size`). Then each round is a single chunk holding every
+    /// position, and its look-back window is that chunk again: every round computes the same full attention (with
+    /// the self-mask; the duplicate count is the same for every pair, so it cancels), and R rounds of a doubled
+    /// window cost 2R full attentions for one result. One round of two chunks of `ceil(t/2)` computes exactly that
+    /// result once: each chunk's window (itself and the other chunk) is the whole sequence, every pair seen once,
+    /// so short sequences never cost more than full attention.
+    pub fn effective_options(&self, t: usize, n_hashes: usize) -> LshOptions {
+        if t <= self.bucket_size {
+            LshOptions { bucket_size: t.div_ceil(2).max(1), n_buckets: 2, n_hashes: 1, ..self.options(t, n_hashes) }
+        } else {
+            self.options(t, n_hashes)
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         if self.heads == 0 || self.d_model == 0 || !self.d_model.is_multiple_of(self.heads) {
             return Err(Error::config(format!("LSH attention width {} must be a positive multiple of the head count {}", self.d_model, self.heads)));
@@ -756,7 +771,8 @@ impl LshSelfAttention {
     /// `x (B, T, D)` → `(B, T, D)`. The rotations come from `hash_seed` alone ([`draw_rotations`]): the same seed
     /// gives the same buckets and a bitwise identical output. `n_hashes_override`: `Some(k)` hashes `k` rounds
     /// instead of `cfg.n_hashes`. `lengths (B)`: valid steps per sequence, later keys masked. `train` keeps what
-    /// [`LshSelfAttention::backward`] needs (the rotations and sorted order included).
+    /// [`LshSelfAttention::backward`] needs (the rotations and sorted order included). A sequence that fits one
+    /// bucket is computed in one round ([`LshConfig::effective_options`]): the same result as R rounds.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
@@ -769,14 +785,14 @@ impl LshSelfAttention {
         train: bool,
     ) -> Result<Vec<f32>> {
         let n_hashes = n_hashes_override.unwrap_or(self.cfg.n_hashes);
-        let opts = self.cfg.options(t, n_hashes);
-        opts.validate()?;
-        let rotations = draw_rotations(hash_seed, n_hashes, self.cfg.head_dim(), opts.n_buckets);
-        self.forward_with_rotations(x, b, t, lengths, &rotations, n_hashes, train)
+        self.cfg.options(t, n_hashes).validate()?;
+        let opts = self.cfg.effective_options(t, n_hashes);
+        let rotations = draw_rotations(hash_seed, opts.n_hashes, self.cfg.head_dim(), opts.n_buckets);
+        self.run(x, b, t, lengths, &rotations, opts, train)
     }
 
-    /// [`LshSelfAttention::forward`] with explicit rotations `(R, Dh, n_buckets/2)` for `n_hashes` rounds (the
-    /// parity tests feed reformer-pytorch's).
+    /// [`LshSelfAttention::forward`] with explicit rotations `(R, Dh, n_buckets/2)` for `n_hashes` rounds and the
+    /// options [`LshConfig::options`] (no one-bucket shortcut: the parity tests feed reformer-pytorch's rotations).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_with_rotations(
         &mut self,
@@ -788,11 +804,16 @@ impl LshSelfAttention {
         n_hashes: usize,
         train: bool,
     ) -> Result<Vec<f32>> {
+        let opts = self.cfg.options(t, n_hashes);
+        self.run(x, b, t, lengths, rotations, opts, train)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>, rotations: &[f32], opts: LshOptions, train: bool) -> Result<Vec<f32>> {
         self.cache = None;
         let (d, h, dh) = (self.cfg.d_model, self.cfg.heads, self.cfg.head_dim());
         check_len("LSH attention input (B, T, D)", &[b, t, d], x.len())?;
-        let opts = self.cfg.options(t, n_hashes);
-        let tp = opts.padded_len(t);
+        let (n_hashes, tp) = (opts.n_hashes, opts.padded_len(t));
         let project = |layer: &mut Linear| -> Result<Vec<f32>> {
             if train {
                 layer.forward(x, b * t)
@@ -1212,6 +1233,53 @@ mod tests {
         let tp = 40;
         assert_eq!(one_order.len(), b * 2 * tp);
         assert_eq!(&one_order[..tp], &order[..tp]);
+    }
+
+    #[test]
+    fn a_sequence_in_one_bucket_is_computed_once_with_the_result_of_every_round() {
+        // T = 13 <= bucket 16: the layer takes one round of two chunks instead of 3 rounds of one doubled chunk.
+        let (b, t, d, rounds) = (2, 13, 8, 3);
+        let lengths = [13, 9];
+        for causal in [true, false] {
+            let mut fast = layer(causal, 16, rounds);
+            let mut slow = fast.clone();
+            let mut x = normal(b * t * d, 60);
+            let w = projection_weights(b * t * d, 61);
+            let opts = fast.config().effective_options(t, rounds);
+            assert_eq!((opts.n_hashes, opts.bucket_size, opts.padded_len(t)), (1, 7, 14));
+            let y_fast = fast.forward(&x, b, t, Some(&lengths), 9, None, true).unwrap();
+            assert_eq!(fast.last_hash().unwrap().1.len(), b * 2 * 14, "one round of the padded length per head");
+            let full = slow.config().options(t, rounds);
+            let rotations = draw_rotations(9, rounds, 4, full.n_buckets);
+            let y_slow = slow.forward_with_rotations(&x, b, t, Some(&lengths), &rotations, rounds, true).unwrap();
+            let close = |a: &[f32], c: &[f32], what: &str| {
+                for (i, (p, q)) in a.iter().zip(c).enumerate() {
+                    assert!((p - q).abs() <= 2e-5 * q.abs().max(1.0), "causal={causal} {what}[{i}]: {p} vs {q}");
+                }
+            };
+            close(&y_fast, &y_slow, "output");
+            let (dx_fast, dx_slow) = (fast.backward(&w).unwrap(), slow.backward(&w).unwrap());
+            if !causal {
+                close(&dx_fast, &dx_slow, "dx");
+                for (pf, ps) in fast.params().iter().zip(slow.params()) {
+                    close(&pf.grad, &ps.grad, &pf.name);
+                }
+            } else {
+                // Causal position 0 sees only itself, at the self logit -5e4: the R-round path lowers it by
+                // ln(n_ii) and recomputes P = exp(S - lse) at a magnitude where f32 keeps 4e-3, so its gradient
+                // into v_0 is off by up to 0.4%; the one-round path has no correction and is exact. Check it
+                // against finite differences instead.
+                let opts = GradCheckOpts { max_coords: 64, ..GradCheckOpts::default() };
+                let mut probe = fast.clone();
+                let loss = |m: &mut LshSelfAttention, x: &[f32]| projection_loss(&m.forward(x, b, t, Some(&lengths), 9, None, true).unwrap(), &w);
+                check_param_grads("x", &mut x, &dx_fast, |x| loss(&mut probe, x), &opts).unwrap();
+                let x_fixed = x.clone();
+                fast.zero_grad();
+                fast.forward(&x_fixed, b, t, Some(&lengths), 9, None, true).unwrap();
+                fast.backward(&w).unwrap();
+                check_module_grads(&mut fast, |m| loss(m, &x_fixed), &opts).unwrap();
+            }
+        }
     }
 
     #[test]
