@@ -17,8 +17,8 @@ use pyo3::types::PyDict;
 use crate::arrays::{f32_in, f32_in_opt, f32_out, fmt_shape, lengths_arg, nonempty, u32_out, F32In};
 use crate::{detached, error, ErrorKind};
 
-/// What a kernel's backward needs from its forward: the inputs (the arrays themselves, not copies: do not modify
-/// them before the backward) and the values the forward saved. Returned by every `*_forward`, consumed by the
+/// What a kernel's backward needs from its forward: the inputs and the output (the arrays themselves, not copies: do
+/// not modify them in place before the backward) and the values the forward saved. Returned by every `*_forward`, consumed by the
 /// matching `*_backward` (any number of times).
 #[pyclass(module = "effseq", name = "KernelContext", frozen)]
 pub struct KernelContext {

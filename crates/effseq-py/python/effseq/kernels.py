@@ -3,7 +3,8 @@ FAVOR+ and LSH attention and Mamba's selective scan.
 
 Every ``*_forward`` takes float32, C-contiguous arrays, reads them in place (no copy), runs without the GIL and
 returns new arrays (handed to NumPy without a copy) plus a :class:`KernelContext` that the matching ``*_backward``
-takes with the output gradient. The context keeps references to the inputs: do not modify them before the backward.
+takes with the output gradient. The context keeps references to the inputs and the output, not copies: do not
+modify them in place before the backward (``effseq.torch`` enforces this through torch's version counters).
 ``need_grad=False`` returns no context and keeps nothing.
 
 Attention layouts are head-major, ``(B, H, T, Dh)``, like ``torch.nn.functional.scaled_dot_product_attention``; the
