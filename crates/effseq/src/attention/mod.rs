@@ -98,8 +98,9 @@ struct AttentionCache {
     saved: Saved,
 }
 
+/// What [`mechanism_backward`] needs from [`mechanism_forward`] besides the inputs and the output.
 #[derive(Clone, Debug)]
-enum Saved {
+pub enum Saved {
     /// Softmax: log-sum-exp of every query row, `(B, H, T)`.
     Softmax { lse: Vec<f32> },
     /// Linear and Performer: the feature maps `(B, H, T, F)`, the causal key decay `(B, H, T)` (Performer's running
@@ -226,7 +227,8 @@ impl MultiHeadAttention {
         split_heads(&qkv, b, t, h, dh, [&mut q, &mut k, &mut v]);
         drop(qkv);
         let mut out = vec![0.0f32; b * t * d]; // (B, H, T, Dh)
-        let saved = self.mechanism_forward(&q, &k, &v, b, t, lengths, &mut out)?;
+        let projection = self.projection.as_ref().map(|p| p.value.as_slice());
+        let saved = mechanism_forward(&self.cfg, projection, &q, &k, &v, b, t, lengths, &mut out)?;
         let mut merged = vec![0.0f32; b * t * d]; // (B, T, D)
         merge_heads(&out, b, t, h, dh, &mut merged);
         let y = if train {
@@ -248,59 +250,11 @@ impl MultiHeadAttention {
         Ok(qkv)
     }
 
-    /// Runs the mechanism on head-major `q, k, v (B, H, T, Dh)`, writing `out (B, H, T, Dh)`.
-    #[allow(clippy::too_many_arguments)]
-    fn mechanism_forward(&self, q: &[f32], k: &[f32], v: &[f32], b: usize, t: usize, lengths: Option<&[usize]>, out: &mut [f32]) -> Result<Saved> {
-        let (h, dh, causal) = (self.cfg.heads, self.cfg.head_dim(), self.cfg.causal);
-        let bh = b * h;
-        match self.cfg.mechanism {
-            Mechanism::Softmax => {
-                let mut lse = vec![0.0f32; bh * t]; // (B, H, T)
-                softmax::forward(q, k, v, b, h, t, dh, causal, lengths, out, &mut lse)?;
-                Ok(Saved::Softmax { lse })
-            }
-            Mechanism::Linear | Mechanism::Performer { .. } => {
-                let f = self.cfg.feature_dim();
-                let mut fq = vec![0.0f32; bh * t * f]; // (B, H, T, F)
-                let mut fk = vec![0.0f32; bh * t * f]; // (B, H, T, F)
-                let mut decay = None;
-                let eps = match self.cfg.mechanism {
-                    Mechanism::Performer { kernel, .. } => {
-                        let proj = &self.projection.as_ref().expect("a Performer has a projection").value;
-                        favor::query_features(q, bh * t, dh, proj, f, kernel, &mut fq)?;
-                        if causal {
-                            let mut dec = vec![0.0f32; bh * t]; // (B, H, T)
-                            favor::key_features_causal(k, bh, t, dh, proj, f, kernel, &mut fk, &mut dec)?;
-                            decay = Some(dec);
-                        } else {
-                            favor::key_features_global(k, b, h, t, dh, lengths, proj, f, kernel, &mut fk)?;
-                        }
-                        // The features carry performer-pytorch's eps, which keeps the normaliser positive.
-                        0.0
-                    }
-                    _ => {
-                        linear::elu_feature_map(q, &mut fq)?;
-                        linear::elu_feature_map(k, &mut fk)?;
-                        LINEAR_EPS
-                    }
-                };
-                let mut den = vec![0.0f32; bh * t]; // (B, H, T)
-                if causal {
-                    linear::causal_forward(&fq, &fk, v, decay.as_deref(), bh, t, f, dh, eps, out, &mut den)?;
-                } else {
-                    linear::bidirectional_forward(&fq, &fk, v, b, h, lengths, t, f, dh, eps, out, &mut den)?;
-                }
-                Ok(Saved::Features { fq, fk, decay, den })
-            }
-        }
-    }
-
     /// Backward from `dy (B*T, D)` → `dx (B*T, D)`, accumulating the projections' gradients.
     pub fn backward(&mut self, dy: &[f32]) -> Result<Vec<f32>> {
         let cache = self.cache.take().ok_or_else(|| Error::Invalid("attention backward called without a training forward".into()))?;
         let AttentionCache { b, t, lengths, q, k, v, out, saved } = cache;
-        let (h, dh, d, causal) = (self.cfg.heads, self.cfg.head_dim(), self.cfg.d_model, self.cfg.causal);
-        let bh = b * h;
+        let (h, dh, d) = (self.cfg.heads, self.cfg.head_dim(), self.cfg.d_model);
         let dmerged = self.out_proj.backward(dy)?; // (B, T, D)
         let mut dout = vec![0.0f32; b * t * d]; // (B, H, T, Dh)
         split_one(&dmerged, b, t, h, dh, &mut dout);
@@ -308,32 +262,8 @@ impl MultiHeadAttention {
         let mut dq = vec![0.0f32; b * t * d]; // (B, H, T, Dh)
         let mut dk = vec![0.0f32; b * t * d]; // (B, H, T, Dh)
         let mut dv = vec![0.0f32; b * t * d]; // (B, H, T, Dh)
-        match saved {
-            Saved::Softmax { lse } => {
-                softmax::backward(&q, &k, &v, &out, &lse, &dout, b, h, t, dh, causal, lengths.as_deref(), &mut dq, &mut dk, &mut dv)?;
-            }
-            Saved::Features { fq, fk, decay, den } => {
-                let f = self.cfg.feature_dim();
-                let mut dfq = vec![0.0f32; bh * t * f]; // (B, H, T, F)
-                let mut dfk = vec![0.0f32; bh * t * f]; // (B, H, T, F)
-                if causal {
-                    linear::causal_backward(&fq, &fk, &v, decay.as_deref(), &out, &den, &dout, bh, t, f, dh, &mut dfq, &mut dfk, &mut dv)?;
-                } else {
-                    linear::bidirectional_backward(&fq, &fk, &v, b, h, lengths.as_deref(), &out, &den, &dout, t, f, dh, &mut dfq, &mut dfk, &mut dv)?;
-                }
-                match self.cfg.mechanism {
-                    Mechanism::Performer { kernel, .. } => {
-                        let proj = &self.projection.as_ref().expect("a Performer has a projection").value;
-                        favor::features_backward(&q, bh * t, dh, proj, f, kernel, &fq, &dfq, &mut dq)?;
-                        favor::features_backward(&k, bh * t, dh, proj, f, kernel, &fk, &dfk, &mut dk)?;
-                    }
-                    _ => {
-                        linear::elu_feature_map_backward(&q, &dfq, &mut dq)?;
-                        linear::elu_feature_map_backward(&k, &dfk, &mut dk)?;
-                    }
-                }
-            }
-        }
+        let projection = self.projection.as_ref().map(|p| p.value.as_slice());
+        mechanism_backward(&self.cfg, projection, &q, &k, &v, b, t, lengths.as_deref(), &out, &saved, &dout, &mut dq, &mut dk, &mut dv)?;
         let mut dqkv = vec![0.0f32; b * t * 3 * d]; // (B, T, 3D)
         merge_three(&dq, &dk, &dv, b, t, h, dh, &mut dqkv);
         self.in_proj.backward(&dqkv)
@@ -408,6 +338,121 @@ impl MultiHeadAttention {
         merge_heads(&scratch.out, b, 1, h, dh, &mut scratch.merged);
         self.out_proj.apply(&scratch.merged, b, y_t)
     }
+}
+
+/// The mechanism's maths on head-major `q, k, v (B, H, T, Dh)`, writing `out (B, H, T, Dh)`; returns what
+/// [`mechanism_backward`] needs. `cfg` gives the mechanism, the heads and causality (`cfg.d_model = H·Dh`);
+/// `projection (M, Dh)`: the Performer's random features, ignored by the other mechanisms. `lengths (B)`: valid keys
+/// per sequence (right padding). Shared by [`MultiHeadAttention`] and the Python bindings (`crates/effseq-py`), so
+/// that both compute exactly the same attention.
+#[allow(clippy::too_many_arguments)]
+pub fn mechanism_forward(
+    cfg: &AttentionConfig,
+    projection: Option<&[f32]>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: usize,
+    t: usize,
+    lengths: Option<&[usize]>,
+    out: &mut [f32],
+) -> Result<Saved> {
+    cfg.validate()?;
+    let (h, dh, causal) = (cfg.heads, cfg.head_dim(), cfg.causal);
+    let bh = b * h;
+    match cfg.mechanism {
+        Mechanism::Softmax => {
+            let mut lse = vec![0.0f32; bh * t]; // (B, H, T)
+            softmax::forward(q, k, v, b, h, t, dh, causal, lengths, out, &mut lse)?;
+            Ok(Saved::Softmax { lse })
+        }
+        Mechanism::Linear | Mechanism::Performer { .. } => {
+            let f = cfg.feature_dim();
+            let mut fq = vec![0.0f32; bh * t * f]; // (B, H, T, F)
+            let mut fk = vec![0.0f32; bh * t * f]; // (B, H, T, F)
+            let mut decay = None;
+            let eps = match cfg.mechanism {
+                Mechanism::Performer { kernel, .. } => {
+                    let proj = performer_projection(projection)?;
+                    favor::query_features(q, bh * t, dh, proj, f, kernel, &mut fq)?;
+                    if causal {
+                        let mut dec = vec![0.0f32; bh * t]; // (B, H, T)
+                        favor::key_features_causal(k, bh, t, dh, proj, f, kernel, &mut fk, &mut dec)?;
+                        decay = Some(dec);
+                    } else {
+                        favor::key_features_global(k, b, h, t, dh, lengths, proj, f, kernel, &mut fk)?;
+                    }
+                    // The features carry performer-pytorch's eps, which keeps the normaliser positive.
+                    0.0
+                }
+                _ => {
+                    linear::elu_feature_map(q, &mut fq)?;
+                    linear::elu_feature_map(k, &mut fk)?;
+                    LINEAR_EPS
+                }
+            };
+            let mut den = vec![0.0f32; bh * t]; // (B, H, T)
+            if causal {
+                linear::causal_forward(&fq, &fk, v, decay.as_deref(), bh, t, f, dh, eps, out, &mut den)?;
+            } else {
+                linear::bidirectional_forward(&fq, &fk, v, b, h, lengths, t, f, dh, eps, out, &mut den)?;
+            }
+            Ok(Saved::Features { fq, fk, decay, den })
+        }
+    }
+}
+
+/// Backward of [`mechanism_forward`] with the same `cfg`, `projection`, inputs and `lengths`, its `out` and `saved`:
+/// writes `dq, dk, dv (B, H, T, Dh)` (OVERWRITTEN) from `dout (B, H, T, Dh)`. The projection gets no gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn mechanism_backward(
+    cfg: &AttentionConfig,
+    projection: Option<&[f32]>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: usize,
+    t: usize,
+    lengths: Option<&[usize]>,
+    out: &[f32],
+    saved: &Saved,
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) -> Result<()> {
+    cfg.validate()?;
+    let (h, dh, causal) = (cfg.heads, cfg.head_dim(), cfg.causal);
+    let bh = b * h;
+    match (saved, cfg.mechanism) {
+        (Saved::Softmax { lse }, Mechanism::Softmax) => softmax::backward(q, k, v, out, lse, dout, b, h, t, dh, causal, lengths, dq, dk, dv),
+        (Saved::Features { fq, fk, decay, den }, Mechanism::Linear | Mechanism::Performer { .. }) => {
+            let f = cfg.feature_dim();
+            let mut dfq = vec![0.0f32; bh * t * f]; // (B, H, T, F)
+            let mut dfk = vec![0.0f32; bh * t * f]; // (B, H, T, F)
+            if causal {
+                linear::causal_backward(fq, fk, v, decay.as_deref(), out, den, dout, bh, t, f, dh, &mut dfq, &mut dfk, dv)?;
+            } else {
+                linear::bidirectional_backward(fq, fk, v, b, h, lengths, out, den, dout, t, f, dh, &mut dfq, &mut dfk, dv)?;
+            }
+            match cfg.mechanism {
+                Mechanism::Performer { kernel, .. } => {
+                    let proj = performer_projection(projection)?;
+                    favor::features_backward(q, bh * t, dh, proj, f, kernel, fq, &dfq, dq)?;
+                    favor::features_backward(k, bh * t, dh, proj, f, kernel, fk, &dfk, dk)
+                }
+                _ => {
+                    linear::elu_feature_map_backward(q, &dfq, dq)?;
+                    linear::elu_feature_map_backward(k, &dfk, dk)
+                }
+            }
+        }
+        _ => Err(Error::Invalid("attention backward: the saved values belong to a different mechanism".into())),
+    }
+}
+
+fn performer_projection(projection: Option<&[f32]>) -> Result<&[f32]> {
+    projection.ok_or_else(|| Error::Invalid("a Performer needs its random projection (M, Dh)".into()))
 }
 
 /// Copies a KV cache `(BH, old_cap, Dh)` into `(BH, new_cap, Dh)`, keeping each `(b, h)` row block in place.
