@@ -1,8 +1,8 @@
 """Plain-PyTorch references that effseq's kernels are tested against, written out from the papers and the PyTorch
 implementations they replace, and run in float64.
 
-FAVOR+: performer-pytorch's ``softmax_kernel`` maths with effseq's stabilisers (a running max over the keys in causal
-mode, see effseq's attention/favor.rs). The feature floor (``eps``) is written in ONE place, :func:`favor_feature`:
+FAVOR+: performer-pytorch's ``softmax_kernel`` maths with effseq's stabilisers (the max of the whole exponent, and a
+running max over the keys in causal mode, see effseq's attention/favor.rs). The feature floor (``eps``) is written in ONE place, :func:`favor_feature`:
 when effseq's feature map changes (e.g. where the floor sits), adjust that function and the tests follow.
 """
 
@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from conftest import FIXTURES
 
-#: performer-pytorch's `eps` of softmax_kernel and `kernel_epsilon` of generalized_kernel.
-FAVOR_SOFTMAX_EPS = 1e-4
+#: effseq's softmax-feature floor (relative to the largest feature; performer-pytorch's `eps` is 1e-4 after its own
+#: stabiliser) and performer-pytorch's `kernel_epsilon` of generalized_kernel.
+FAVOR_SOFTMAX_EPS = 1e-6
 FAVOR_RELU_EPS = 1e-3
 #: fast-transformers' linear-attention eps, added to the normaliser.
 LINEAR_EPS = 1e-6
@@ -29,16 +30,18 @@ def favor_projections(x, projection):
 
 
 def favor_feature(dash, diag, c, m):
-    """The positive random feature of the softmax kernel with stabiliser `c`: m^-1/2 (exp(dash - diag - c) + eps)."""
+    """The positive random feature of the softmax kernel with stabiliser `c`: m^-1/2 (exp(dash - diag - c) + floor).
+    effseq's stabiliser is the max of the whole exponent `dash - diag`, so the largest feature is 1 and the floor
+    (1e-6) is relative to it (performer-pytorch takes the max of `dash` alone and adds 1e-4)."""
     return m**-0.5 * (torch.exp(dash - diag - c) + FAVOR_SOFTMAX_EPS)
 
 
 def favor_query_features(q, projection, kernel="softmax"):
-    """Queries: each row its own stabiliser, the max over its features (detached, as performer-pytorch)."""
+    """Queries: each row its own stabiliser, the max of its exponents (detached, as performer-pytorch)."""
     dash, diag = favor_projections(q, projection)
     if kernel == "relu":
         return F.relu(dash) + FAVOR_RELU_EPS
-    return favor_feature(dash, diag, dash.amax(dim=-1, keepdim=True).detach(), projection.shape[0])
+    return favor_feature(dash, diag, (dash - diag).amax(dim=-1, keepdim=True).detach(), projection.shape[0])
 
 
 def favor_key_features(k, projection, causal, kernel="softmax", lengths=None):
@@ -48,11 +51,12 @@ def favor_key_features(k, projection, causal, kernel="softmax", lengths=None):
     dash, diag = favor_projections(k, projection)
     if kernel == "relu":
         return F.relu(dash) + FAVOR_RELU_EPS, None
+    exponent = dash - diag
     if causal:
-        c = torch.cummax(dash.amax(dim=-1), dim=-1).values.detach().unsqueeze(-1)
+        c = torch.cummax(exponent.amax(dim=-1), dim=-1).values.detach().unsqueeze(-1)
     else:
         valid = [dash.shape[-2]] * dash.shape[0] if lengths is None else lengths
-        c = torch.stack([dash[b, :, :n].amax(dim=(-1, -2), keepdim=True) for b, n in enumerate(valid)]).detach()  # (B, H, 1, 1)
+        c = torch.stack([exponent[b, :, :n].amax(dim=(-1, -2), keepdim=True) for b, n in enumerate(valid)]).detach()  # (B, H, 1, 1)
     return favor_feature(dash, diag, c, projection.shape[0]), c
 
 

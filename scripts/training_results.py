@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Training results of the README, measured and written by one command per section.
+
+Each section runs `effseq train` / `effseq eval` (the release binary, built first by scripts/results.sh) under
+`/usr/bin/time -v`, keeps every command and its whole output in docs/results/<section>.txt, the parsed figures in
+docs/results/<section>.json, and renders the README's table into docs/results/<section>.md, headed by the command
+that wrote it. `--render` re-renders the Markdown from the JSON without training.
+
+    python3 scripts/training_results.py main|selective-copy|duplicate|charlm|smnist [--quick] [--render]
+
+Python's standard library only (no torch). `--quick` runs every training for a handful of steps to test the
+pipeline; its files are not results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "docs", "results")
+BIN = os.path.join(ROOT, "target", "release", "effseq")
+EVAL_LINE = re.compile(r"^step\s+(\d+)/\d+\s+eval (\S+) ([0-9.eE+-]+|NaN|nan|inf)")
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"cpu": model, "cores": os.cpu_count(), "commit": commit + ("+changes" if dirty else ""), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+class Section:
+    """One section's run: the commands, their outputs and parsed figures."""
+
+    def __init__(self, name: str, command: str, quick: bool):
+        self.name, self.command, self.quick = name, command, quick
+        self.log: list[str] = []
+        self.data: dict = {"section": name, "command": command, "machine": machine(), "quick": quick, "runs": {}}
+        self.tmp = tempfile.mkdtemp(prefix=f"effseq-{name}-")
+
+    def run(self, key: str, args: list[str]) -> dict:
+        """Runs `effseq ARGS --json` under /usr/bin/time -v; returns (and records under `key`) its JSON summary, the
+        eval lines (step, metric name, value), the wall time and the peak RSS."""
+        cmd = ["/usr/bin/time", "-v", BIN, *args, "--json"]
+        shown = "effseq " + " ".join(shlex.quote(a) for a in args)
+        print(f"[{self.name}] {shown}", flush=True)
+        started = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        wall = time.monotonic() - started
+        self.log.append(f"$ {shown}\n{proc.stdout}{proc.stderr}")
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout + proc.stderr)
+            raise SystemExit(f"[{self.name}] failed ({proc.returncode}): {shown}")
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+        evals = [(int(m.group(1)), m.group(2), float(m.group(3))) for line in (proc.stdout + proc.stderr).splitlines() if (m := EVAL_LINE.match(line.strip()))]
+        record = {"args": args, "summary": summary, "evals": evals, "wall_s": wall, "peak_rss_mib": int(rss.group(1)) / 1024 if rss else None}
+        self.data["runs"][key] = record
+        return record
+
+    def out(self, run_dir: str) -> str:
+        return os.path.join(self.tmp, run_dir)
+
+    def save(self, markdown: str) -> None:
+        path = os.path.join(RESULTS, self.name)
+        if not self.quick or os.environ.get("EFFSEQ_RESULTS_WRITE_QUICK"):
+            with open(path + ".json", "w") as f:
+                json.dump(self.data, f, indent=1)
+            with open(path + ".txt", "w") as f:
+                f.write(f"# {self.command}\n# {json.dumps(self.data['machine'])}\n\n" + "\n".join(self.log))
+            with open(path + ".md", "w") as f:
+                f.write(markdown)
+        print(markdown)
+
+
+def header(data: dict) -> str:
+    m = data["machine"]
+    quick = " (QUICK MODE: not a result)" if data.get("quick") else ""
+    return f"`{data['command']}` ({m['date']}, {m['cores']} cores of {m['cpu']}, commit {m['commit']}){quick}\n\n"
+
+
+def fmt_time(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def steps(quick: bool, full: int, short: int = 6) -> str:
+    return str(short if quick else full)
+
+
+# ---- main: the README's first command ------------------------------------------------------------------------
+
+
+def main_job(s: Section) -> str:
+    s.run("lstm-adding", ["train", "--model", "lstm", "--task", "adding", "--out", s.out("lstm-adding"), "--steps", steps(s.quick, 2000)])
+    return render_main(s.data)
+
+
+def render_main(data: dict) -> str:
+    r = data["runs"]["lstm-adding"]
+    sm = r["summary"]
+    lines = [f"| step | eval mse |", "|---:|---:|"] + [f"| {st} | {v:.5f} |" for st, _, v in r["evals"]]
+    return header(data) + "\n".join(lines) + f"\n\nFinal: eval mse {sm['eval_metric']:.5f}, train loss {sm['train_loss']:.5f}, {sm['steps']} steps in {sm['wall_time_s']:.1f} s ({sm['steps_per_s']:.1f} steps/s), peak RSS {r['peak_rss_mib']:.0f} MiB.\n"
+
+
+# ---- selective copy (Gu & Dao 2023, sec. 4.1.1) ---------------------------------------------------------------
+
+SELECTIVE_COPY = [
+    ("mamba", ["--model", "mamba", "--layers", "2", "--hidden", "64"]),
+    ("transformer", ["--model", "transformer", "--layers", "2", "--hidden", "64", "--d-ff", "128"]),
+    ("linear", ["--model", "linear", "--layers", "2", "--hidden", "64", "--d-ff", "128"]),
+    ("performer", ["--model", "performer", "--layers", "2", "--hidden", "64", "--d-ff", "128"]),
+    ("lstm", ["--model", "lstm", "--hidden", "96"]),
+]
+
+
+def selective_copy(s: Section) -> str:
+    for name, flags in SELECTIVE_COPY:
+        s.run(name, ["train", *flags, "--task", "selective-copy", "--seq-len", "128", "--steps", steps(s.quick, 2000), "--eval-every", steps(s.quick, 500, 3), "--eval-size", "500", "--out", s.out(name)])
+    return render_selective_copy(s.data)
+
+
+def curve(evals: list) -> str:
+    return " / ".join(f"{v:.3f}" for _, _, v in evals)
+
+
+def render_selective_copy(data: dict) -> str:
+    rows = ["| model | flags | params | accuracy after " + " / ".join(str(st) for st, _, _ in next(iter(data["runs"].values()))["evals"]) + " steps | wall time | peak RSS |", "|---|---|---:|---|---:|---:|"]
+    for name, flags in SELECTIVE_COPY:
+        r = data["runs"][name]
+        rows.append(f"| {name} | `{' '.join(flags)}` | {r['summary']['params']:,} | {curve(r['evals'])} | {fmt_time(r['wall_s'])} | {r['peak_rss_mib']:.0f} MiB |")
+    return header(data) + "\n".join(rows) + "\n\nAccuracy over the 16 answers on 500 held-out sequences (chance 0.125); every model trains with the CLI defaults otherwise (batch 32, AdamW 5e-3, seed 0).\n"
+
+
+# ---- duplication (Kitaev et al. 2020, sec. 5) -----------------------------------------------------------------
+
+DUPLICATE_FLAGS = ["--task", "duplicate", "--seq-len", "64", "--layers", "2", "--hidden", "64", "--positional", "learned", "--max-len", "64", "--lr", "0.002"]
+DUPLICATE_TRAINED = [("LSH-1", ["--model", "reformer", "--bucket-size", "16", "--n-hashes", "1"]), ("LSH-2", ["--model", "reformer", "--bucket-size", "16", "--n-hashes", "2"]), ("LSH-4", ["--model", "reformer", "--bucket-size", "16", "--n-hashes", "4"]), ("full attention", ["--model", "transformer"])]
+DUPLICATE_EVAL_ROUNDS = [1, 2, 4, 8]
+
+
+def duplicate(s: Section) -> str:
+    for name, flags in DUPLICATE_TRAINED:
+        out = s.out(name.replace(" ", "-"))
+        s.run(name, ["train", *flags, *DUPLICATE_FLAGS, "--steps", steps(s.quick, 1500), "--eval-size", "500", "--out", out])
+        if flags[1] == "reformer":
+            for rounds in DUPLICATE_EVAL_ROUNDS:
+                s.run(f"{name} eval {rounds}", ["eval", "--checkpoint", out, "--n-hashes", str(rounds)])
+    return render_duplicate(s.data)
+
+
+def render_duplicate(data: dict) -> str:
+    runs = data["runs"]
+    rows = ["| trained with | " + " | ".join(f"eval {k} round{'s' if k > 1 else ''}" for k in DUPLICATE_EVAL_ROUNDS) + " | training time |", "|---|" + "---:|" * (len(DUPLICATE_EVAL_ROUNDS) + 1)]
+    for name, _ in DUPLICATE_TRAINED:
+        train = runs[name]
+        if f"{name} eval 1" in runs:
+            cells = [f"{runs[f'{name} eval {k}']['summary']['eval_metric']:.3f}" for k in DUPLICATE_EVAL_ROUNDS]
+        else:
+            cells = [f"{train['summary']['eval_metric']:.3f} (exact attention)"] + [""] * (len(DUPLICATE_EVAL_ROUNDS) - 1)
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {fmt_time(train['wall_s'])} |")
+    flags = " ".join(DUPLICATE_FLAGS)
+    return header(data) + "\n".join(rows) + f"\n\nEvery model: `effseq train {flags}` with the flags of its row (LSH: `--model reformer --bucket-size 16 --n-hashes K`), then `effseq eval --checkpoint DIR --n-hashes E` on 500 held-out sequences; accuracy over the second copy (chance 1/127 = 0.008).\n"
+
+
+# ---- character-level language modelling -----------------------------------------------------------------------
+
+CHARLM = ["transformer", "linear", "performer"]
+
+
+def charlm(s: Section) -> str:
+    for model in CHARLM:
+        extra = ["--steps", "4", "--eval-every", "2"] if s.quick else []
+        s.run(model, ["train", "--model", model, "--task", "charlm", "--out", s.out(model), *extra])
+    return render_charlm(s.data)
+
+
+def render_charlm(data: dict) -> str:
+    rows = ["| model | params | test bpc after " + " / ".join(str(st) for st, _, _ in data["runs"][CHARLM[0]]["evals"]) + " steps | wall time | steps/s | peak RSS |", "|---|---:|---|---:|---:|---:|"]
+    for model in CHARLM:
+        r = data["runs"][model]
+        sm = r["summary"]
+        rows.append(f"| {model} | {sm['params']:,} | {curve(r['evals'])} | {fmt_time(r['wall_s'])} | {sm['steps_per_s']:.2f} | {r['peak_rss_mib']:.0f} MiB |")
+    return header(data) + "\n".join(rows) + "\n\n`effseq train --model M --task charlm` with the defaults: width 128, one block, 4 heads, context 256, 2000 steps of 32 windows, AdamW 5e-3 with warmup and cosine decay; bits per character on the test part (the last 5% of the book; uniform guess 6.4 bpc, unigram frequencies 4.4 bpc). Wall time includes the evaluations every 250 steps.\n"
+
+
+# ---- sequential MNIST in a fixed budget ----------------------------------------------------------------------
+
+SMNIST = [("gru", ["--model", "gru"]), ("tcn (paper shape)", ["--model", "tcn", "--hidden", "25", "--kernel-size", "7", "--levels", "8"]), ("lstm", ["--model", "lstm"]), ("mamba", ["--model", "mamba"])]
+
+
+def smnist(s: Section) -> str:
+    for name, flags in SMNIST:
+        s.run(name, ["train", *flags, "--task", "smnist", "--steps", steps(s.quick, 400, 2), "--eval-every", steps(s.quick, 200, 1), "--out", s.out(name.split()[0])])
+    return render_smnist(s.data)
+
+
+def render_smnist(data: dict) -> str:
+    rows = ["| model | flags | params | test accuracy after " + " / ".join(str(st) for st, _, _ in data["runs"][SMNIST[0][0]]["evals"]) + " steps | wall time | peak RSS |", "|---|---|---:|---|---:|---:|"]
+    for name, flags in SMNIST:
+        r = data["runs"][name]
+        rows.append(f"| {name} | `{' '.join(flags)}` | {r['summary']['params']:,} | {curve(r['evals'])} | {fmt_time(r['wall_s'])} | {r['peak_rss_mib']:.0f} MiB |")
+    return header(data) + "\n".join(rows) + "\n\n400 steps of 32 (1.6 epochs of the 8,000 training digits), otherwise the CLI defaults; accuracy on the 2,000 test digits (chance 0.1).\n"
+
+
+SECTIONS = {
+    "main": (main_job, render_main),
+    "selective-copy": (selective_copy, render_selective_copy),
+    "duplicate": (duplicate, render_duplicate),
+    "charlm": (charlm, render_charlm),
+    "smnist": (smnist, render_smnist),
+}
+
+
+def run() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("section", choices=sorted(SECTIONS))
+    p.add_argument("--quick", action="store_true", help="a handful of steps per run, to test the pipeline (files are not written)")
+    p.add_argument("--render", action="store_true", help="re-render docs/results/SECTION.md from its JSON")
+    a = p.parse_args()
+    measure, render = SECTIONS[a.section]
+    if a.render:
+        with open(os.path.join(RESULTS, a.section + ".json")) as f:
+            data = json.load(f)
+        markdown = render(data)
+        with open(os.path.join(RESULTS, a.section + ".md"), "w") as f:
+            f.write(markdown)
+        print(markdown)
+        return
+    if not os.access(BIN, os.X_OK):
+        raise SystemExit(f"{BIN} not found: run `cargo build --release` first")
+    command = f"scripts/results.sh {a.section}"
+    s = Section(a.section, command, a.quick)
+    s.save(measure(s))
+
+
+if __name__ == "__main__":
+    run()
