@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Training results of the README, measured and written by one command per section.
+"""effseq's own results in the README (no PyTorch side), measured and written by one command per section.
 
-Each section runs `effseq train` / `effseq eval` (the release binary, built first by scripts/results.sh) under
-`/usr/bin/time -v`, keeps every command and its whole output in docs/results/<section>.txt, the parsed figures in
-docs/results/<section>.json, and renders the README's table into docs/results/<section>.md, headed by the command
-that wrote it. `--render` re-renders the Markdown from the JSON without training.
+Each section runs the release `effseq` binary (`train`, `eval`, `bench`, `compare`) or an example (built first by
+scripts/results.sh) under `/usr/bin/time -v`, keeps every command and its whole output in docs/results/<section>.txt,
+the parsed figures in docs/results/<section>.json, and renders the README's table into docs/results/<section>.md,
+headed by the command that wrote it. `--render` re-renders the Markdown from the JSON without measuring again.
 
-    python3 scripts/training_results.py main|selective-copy|duplicate|charlm|smnist [--quick] [--render]
+    python3 scripts/results_effseq.py SECTION [--quick] [--render]
+    SECTION: main | bench | stream | reversible | selective-copy | duplicate | charlm | smnist | compare
 
-Python's standard library only (no torch). `--quick` runs every training for a handful of steps to test the
-pipeline; its files are not results.
+Python's standard library only. `--quick` runs every configuration at a tiny size to test the pipeline; its files
+are not written (set EFFSEQ_RESULTS_WRITE_QUICK=1 to write them anyway, e.g. to test the rendering).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "docs", "results")
 BIN = os.path.join(ROOT, "target", "release", "effseq")
+EXAMPLES = os.path.join(ROOT, "target", "release", "examples")
 EVAL_LINE = re.compile(r"^step\s+(\d+)/\d+\s+eval (\S+) ([0-9.eE+-]+|NaN|nan|inf)")
 
 
@@ -53,19 +55,23 @@ class Section:
         self.data: dict = {"section": name, "command": command, "machine": machine(), "quick": quick, "runs": {}}
         self.tmp = tempfile.mkdtemp(prefix=f"effseq-{name}-")
 
-    def run(self, key: str, args: list[str]) -> dict:
-        """Runs `effseq ARGS --json` under /usr/bin/time -v; returns (and records under `key`) its JSON summary, the
-        eval lines (step, metric name, value), the wall time and the peak RSS."""
-        cmd = ["/usr/bin/time", "-v", BIN, *args, "--json"]
-        shown = "effseq " + " ".join(shlex.quote(a) for a in args)
+    def execute(self, program: str, args: list[str]) -> tuple[subprocess.CompletedProcess, float, str]:
+        """Runs `program ARGS` under /usr/bin/time -v, logging the command and its output; fails loudly."""
+        shown = os.path.basename(program) + " " + " ".join(shlex.quote(a) for a in args)
         print(f"[{self.name}] {shown}", flush=True)
         started = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(["/usr/bin/time", "-v", program, *args], capture_output=True, text=True, cwd=ROOT)
         wall = time.monotonic() - started
         self.log.append(f"$ {shown}\n{proc.stdout}{proc.stderr}")
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout + proc.stderr)
             raise SystemExit(f"[{self.name}] failed ({proc.returncode}): {shown}")
+        return proc, wall, shown
+
+    def run(self, key: str, args: list[str]) -> dict:
+        """Runs `effseq ARGS --json` under /usr/bin/time -v; returns (and records under `key`) its JSON summary, the
+        eval lines (step, metric name, value), the wall time and the peak RSS."""
+        proc, wall, _ = self.execute(BIN, [*args, "--json"])
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
         evals = [(int(m.group(1)), m.group(2), float(m.group(3))) for line in (proc.stdout + proc.stderr).splitlines() if (m := EVAL_LINE.match(line.strip()))]
@@ -217,12 +223,144 @@ def render_smnist(data: dict) -> str:
     return header(data) + "\n".join(rows) + "\n\n400 steps of 32 (1.6 epochs of the 8,000 training digits), otherwise the CLI defaults; accuracy on the 2,000 test digits (chance 0.1).\n"
 
 
+# ---- every model against sequence length; streaming steps ------------------------------------------------------
+
+BENCH_MODELS = ["lstm", "gru", "tcn", "transformer", "linear", "performer", "reformer", "mamba"]
+
+
+def bench(s: Section) -> str:
+    lens = "64,128" if s.quick else "256,1024,4096"
+    files = ["--json-file", os.path.join(RESULTS, "bench-all.json"), "--markdown", os.path.join(RESULTS, "bench-all.md"), "--plot", os.path.join(RESULTS, "bench.svg")]
+    proc, wall, _ = s.execute(BIN, ["bench", "--models", "all", "--mode", "forward,train", "--batch", "1,8", "--seq-lens", lens, *([] if s.quick else files), "--json"])
+    s.data["records"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    s.data["wall_s"] = wall
+    s.data["peak_rss_mib"] = peak_rss(proc)
+    return render_bench(s.data)
+
+
+def peak_rss(proc: subprocess.CompletedProcess) -> float | None:
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def records_of(data: dict) -> list:
+    recs = data["records"]
+    return recs["records"] if isinstance(recs, dict) else recs
+
+
+def cell(rec: dict | None, key: str = "median_ms") -> str:
+    if rec is None:
+        return "-"
+    if rec.get("skipped"):
+        return short_skip(rec["skipped"])
+    value = rec[key]
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def render_bench(data: dict) -> str:
+    recs = records_of(data)
+    lens = sorted({r["seq_len"] for r in recs})
+    find = lambda m, mode, b, t: next((r for r in recs if r["model"] == m and r["mode"] == mode and r["batch"] == b and r["seq_len"] == t), None)  # noqa: E731
+    head = ["model"] + [f"forward B=8, T={t}" for t in lens] + [f"train B=8, T={t}" for t in lens] + [f"train peak MiB, B=8 T={lens[-1]}"]
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for m in BENCH_MODELS:
+        cells = [cell(find(m, "forward", 8, t)) for t in lens] + [cell(find(m, "train", 8, t)) for t in lens]
+        last = find(m, "train", 8, lens[-1])
+        cells.append("-" if last is None or last.get("skipped") else f"{last['peak_bytes'] / 2**20:,.0f}")
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    total = f" The whole run took {fmt_time(data['wall_s'])} with a peak RSS of {data['peak_rss_mib']:,.0f} MiB." if data.get("wall_s") else ""
+    return header(data) + "\n".join(rows) + f"\n\nMedian ms of 5 runs after a warm-up; every model one layer or block of width D = 256 (attention: 4 heads, feed-forward 4D; Reformer 4 hash rounds, buckets of 64), B = 1 rows in docs/results/bench-all.md; peak MiB is the extra heap of the step (counting allocator).{total}\n"
+
+
+def stream(s: Section) -> str:
+    lens = "64,128" if s.quick else "256,1024,4096,16384"
+    files = ["--json-file", os.path.join(RESULTS, "stream-all.json"), "--markdown", os.path.join(RESULTS, "stream-all.md")]
+    proc, wall, _ = s.execute(BIN, ["bench", "--models", "all", "--mode", "step", "--batch", "1", "--seq-lens", lens, *([] if s.quick else files), "--json"])
+    s.data["records"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return render_stream(s.data)
+
+
+def render_stream(data: dict) -> str:
+    recs = records_of(data)
+    lens = sorted({r["seq_len"] for r in recs})
+    rows = ["| model | " + " | ".join(f"context {t}" for t in lens) + f" | heap at {lens[-1]} |", "|---|" + "---:|" * (len(lens) + 1)]
+    for m in BENCH_MODELS:
+        mine = {r["seq_len"]: r for r in recs if r["model"] == m and r["mode"] == "step"}
+        cells = []
+        for t in lens:
+            r = mine.get(t)
+            cells.append("-" if r is None else (short_skip(r["skipped"]) if r.get("skipped") else f"{r['step_us']:,.0f}"))
+        last = mine.get(lens[-1])
+        cells.append("-" if last is None or last.get("skipped") else f"{last['peak_bytes'] / 2**20:,.1f} MiB")
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return header(data) + "\n".join(rows) + "\n\nµs per token of one streaming step at B = 1, measured after the model has consumed a context of that many steps (median of 5 blocks of 200 steps); every model one layer or block of width 256; heap = the model and its streaming state at the longest context (counting allocator).\n"
+
+
+def short_skip(reason: str) -> str:
+    """The first clause of a skip reason, for a table cell."""
+    return "skipped: " + re.split(r"[:(;]", reason)[0].strip()
+
+
+# ---- reversible layers -------------------------------------------------------------------------------------------
+
+def reversible(s: Section) -> str:
+    example = os.path.join(EXAMPLES, "reversible_memory")
+    lens, layer_list = ((256,), (2, 4)) if s.quick else ((4096, 16384), (2, 6, 12))
+    rows = []
+    for t in lens:
+        for layers in layer_list:
+            for mode in ("reversible", "plain"):
+                proc, _, _ = s.execute(example, ["--seq-len", str(t), "--layers", str(layers), "--mode", mode])
+                f = proc.stdout.split()
+                rows.append({"t": int(f[0]), "layers": int(f[1]), "mode": f[2], "saved_mib": float(f[3]), "kept_mib": float(f[4]), "heap_peak_mib": float(f[5]), "model_mib": float(f[6]), "rss_mib": float(f[7]), "step_s": float(f[8])})
+    s.data["rows"] = rows
+    return render_reversible(s.data)
+
+
+def render_reversible(data: dict) -> str:
+    rows = data["rows"]
+    find = lambda t, l, m: next(r for r in rows if r["t"] == t and r["layers"] == l and r["mode"] == m)  # noqa: E731
+    out = ["| T | layers | reversible: kept MiB | peak RSS MiB | step s | stored activations: kept MiB | peak RSS MiB | step s |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for t in sorted({r["t"] for r in rows}):
+        for layers in sorted({r["layers"] for r in rows}):
+            rv, pl = find(t, layers, "reversible"), find(t, layers, "plain")
+            out.append(f"| {t:,} | {layers} | {rv['kept_mib']:,.0f} | {rv['rss_mib']:,.0f} | {rv['step_s']:.1f} | {pl['kept_mib']:,.0f} | {pl['rss_mib']:,.0f} | {pl['step_s']:.1f} |")
+    return header(data) + "\n".join(out) + "\n\nOne training step (forward + backward) of the Reformer stack: LSH attention (2 rounds, buckets of 64), D = 256, 4 heads, d_ff 1024, B = 1, dropout 0.1, feed-forward in 8 chunks, each configuration in its own process (`reversible_memory` example); kept = what the stack holds for its backward after the forward (counting allocator), peak RSS = the process's VmHWM.\n"
+
+
+# ---- equal budgets: effseq compare -----------------------------------------------------------------------------
+
+COMPARE = [
+    ("adding", ["--budget-secs", "20", "--evals", "4"]),
+    ("copy", ["--budget-secs", "20", "--evals", "4"]),
+    ("digits", ["--budget-secs", "20", "--evals", "4"]),
+    ("forecast", ["--budget-secs", "20", "--evals", "4"]),
+    ("smnist", ["--budget-secs", "30", "--evals", "3"]),
+    ("charlm", ["--budget-secs", "30", "--evals", "3"]),
+    ("listops", ["--budget-secs", "30", "--evals", "3", "--seq-len", "500", "--eval-size", "200"]),
+]
+
+
+def compare(s: Section) -> str:
+    for task, flags in COMPARE:
+        if s.quick:
+            flags = ["--steps", "3", "--evals", "1"] + (["--seq-len", "100", "--eval-size", "20"] if task == "listops" else [])
+        files = [] if s.quick else ["--markdown", os.path.join(RESULTS, f"compare-{task}.md"), "--json-file", os.path.join(RESULTS, f"compare-{task}.json"), "--plot", os.path.join(RESULTS, f"compare-{task}.svg")]
+        proc, wall, shown = s.execute(BIN, ["compare", "--task", task, *flags, *files])
+        s.data["runs"][task] = {"wall_s": wall, "command": shown}
+    return header(s.data) + "Tables: docs/results/compare-TASK.md (each with its command and date).\n"
+
+
 SECTIONS = {
     "main": (main_job, render_main),
     "selective-copy": (selective_copy, render_selective_copy),
     "duplicate": (duplicate, render_duplicate),
     "charlm": (charlm, render_charlm),
     "smnist": (smnist, render_smnist),
+    "bench": (bench, render_bench),
+    "stream": (stream, render_stream),
+    "reversible": (reversible, render_reversible),
+    "compare": (compare, lambda data: header(data)),
 }
 
 
