@@ -9,6 +9,8 @@ use effseq::config::ModelKind;
 use effseq::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::failure::CliError;
+
 /// Arguments of `effseq bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -88,10 +90,15 @@ impl BenchArgs {
 
 /// Runs the benchmark, prints the table (and, with `json`, one JSON object as the last stdout line, the
 /// human-readable lines then going to stderr).
-pub fn run(args: &BenchArgs, json: bool) -> Result<Vec<BenchRecord>> {
+pub fn run(args: &BenchArgs, json: bool) -> std::result::Result<Vec<BenchRecord>, CliError> {
     let cfg = args.config()?;
     if let Some(path) = &args.plot {
         crate::plot::check_plot_path(path)?;
+    }
+    for (flag, path) in [("--markdown", &args.markdown), ("--json-file", &args.json_file), ("--plot", &args.plot)] {
+        if let Some(path) = path {
+            crate::preflight::check_output_file(flag, path)?;
+        }
     }
     let say = |text: &str| if json { eprint!("{text}") } else { print!("{text}") };
     say(&format!(
