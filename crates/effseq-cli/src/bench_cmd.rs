@@ -52,6 +52,9 @@ pub struct BenchArgs {
     pub plot: Option<PathBuf>,
 }
 
+/// The most timed repetitions per configuration (each one's time is kept).
+const MAX_REPEATS: usize = 1_000_000;
+
 fn parse_list<T>(what: &str, s: &str, parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
     let v: Vec<T> = s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(parse).collect::<Result<_>>()?;
     if v.is_empty() {
@@ -73,6 +76,9 @@ impl BenchArgs {
         let models = if self.models == "all" { ModelKind::ALL.to_vec() } else { parse_list("models", &self.models, ModelKind::parse)? };
         if !(self.max_memory_gib > 0.0 && self.budget > 0.0) {
             return Err(Error::Invalid("--budget and --max-memory-gib must be positive".into()));
+        }
+        if self.repeats > MAX_REPEATS {
+            return Err(Error::Invalid(format!("--repeats must be at most {MAX_REPEATS}, got {}", self.repeats)));
         }
         Ok(BenchConfig {
             models,

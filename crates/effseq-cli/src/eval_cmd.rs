@@ -47,8 +47,12 @@ struct EvalJson<'a> {
 
 /// Runs `effseq eval`.
 pub fn run(args: &EvalArgs, json: bool) -> Result<(), CliError> {
-    let (config, _) = checkpoint::load_config(&args.checkpoint)?;
-    let estimate = memory::estimate_eval(&config, Task::io_of(&config.task)?)?;
+    let (mut sized, _) = checkpoint::load_config(&args.checkpoint)?;
+    // The evaluation's own hash rounds size its LSH buffers.
+    if let Some(k) = args.n_hashes {
+        sized.model.n_hashes = k;
+    }
+    let estimate = memory::estimate_eval(&sized, Task::io_of(&sized.task)?)?;
     preflight::check_memory("evaluating this checkpoint", &estimate, args.max_memory_gib, "evaluate on a machine with more memory")?;
     let (config, mut network, state) = checkpoint::load_model(&args.checkpoint)?;
     if args.n_hashes.is_some() {

@@ -569,6 +569,9 @@ struct KillLoop {
     unloadable: usize,
     /// Kills after which the loaded step was below the step loaded before (a lost checkpoint).
     went_back: usize,
+    /// Kills that came while the run was writing checkpoints (the checkpoint had advanced since the last kill):
+    /// those that can land in the middle of a save.
+    while_saving: usize,
     /// The step of the checkpoint loaded after the last kill.
     last_step: u64,
     /// Resumptions that failed (a checkpoint that loads must also resume).
@@ -576,7 +579,7 @@ struct KillLoop {
 }
 
 /// Trains a tiny model that writes a checkpoint at every step, kills it with SIGKILL after a random delay
-/// (uniform in 20-400 ms, from a fixed seed), checks that the checkpoint loads completely (model, optimizer, state)
+/// (uniform in 50-600 ms, from a fixed seed), checks that the checkpoint loads completely (model, optimizer, state)
 /// and never goes back, and resumes it in the next round; `kills` rounds in all. The lock of the killed run must
 /// not block the next one.
 fn kill_loop(kills: usize, seed: u64) -> KillLoop {
@@ -595,7 +598,7 @@ fn kill_loop(kills: usize, seed: u64) -> KillLoop {
             args.extend(flags);
         }
         let mut child = spawn_train(dir.path(), &args);
-        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(20..400)));
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(50..600)));
         let _ = child.kill();
         let status = child.wait().unwrap();
         if status.code().is_some() {
@@ -614,6 +617,9 @@ fn kill_loop(kills: usize, seed: u64) -> KillLoop {
             Ok(loaded) => {
                 if loaded.state.step < report.last_step {
                     report.went_back += 1;
+                }
+                if loaded.state.step > report.last_step {
+                    report.while_saving += 1;
                 }
                 report.last_step = loaded.state.step;
             }
@@ -646,7 +652,8 @@ fn kill_loop_long() {
     let start = std::time::Instant::now();
     let report = kill_loop(kills, 2026);
     let summary = format!(
-        "kill -9 loop: {} kills of `effseq train` (LSTM, hidden 16, a checkpoint every step) at random moments (20-400 ms after start, seed 2026), each followed by a full load of the checkpoint and a resumption\n\
+        "kill -9 loop: {} kills of `effseq train` (LSTM, hidden 16, a checkpoint every step) at random moments (50-600 ms after start, seed 2026), each followed by a full load of the checkpoint and a resumption\n\
+         kills while the run was writing checkpoints (it had advanced since the last kill): {}\n\
          unloadable checkpoints: {}\n\
          checkpoints that went back to an earlier step: {}\n\
          failed resumptions: {}\n\
@@ -654,6 +661,7 @@ fn kill_loop_long() {
          step reached: {}\n\
          wall time: {:.0} s\n",
         report.kills,
+        report.while_saving,
         report.unloadable,
         report.went_back,
         report.failed_resumes,
@@ -746,6 +754,10 @@ fn numbers_beyond_their_range_are_usage_errors_not_panics() {
     let out = effseq(dir.path(), &["generate", "--checkpoint", "lm", "--prompt", "a", "--tokens", "100000000000"]);
     assert_fails(&out, 2, &["generating 100000000000 tokens needs an estimated", "GiB"]);
 
+    assert_fails(&effseq(dir.path(), &["bench", "--models", "lstm", "--repeats", huge]), 2, &["--repeats must be at most"]);
+    let reformer = ["--model", "reformer", "--heads", "2", "--bucket-size", "8", "--steps", "1", "--eval-size", "8"];
+    train_tiny(dir.path(), "lsh", &reformer);
+    assert_fails(&effseq(dir.path(), &["eval", "--checkpoint", "lsh", "--n-hashes", huge]), 2, &["overflow"]);
     // bench: every size estimate is checked; a length that overflows is skipped with the reason, not an abort.
     let out = effseq(
         dir.path(),
