@@ -157,6 +157,8 @@ fn info_of_a_config_and_a_checkpoint() {
     }
 
     train_tiny(dir.path(), "run", &[]);
+    let text = stdout(&effseq(dir.path(), &["info", "--checkpoint", "run"]));
+    assert!(text.contains("# checkpoint: step 20 of 20") && text.contains("(files in run/step-20)"), "{text}");
     let info = last_json(&effseq(dir.path(), &["info", "--checkpoint", "run", "--json"]));
     assert_eq!(info["config"]["model"]["hidden"], 8);
     assert_eq!(info["state"]["step"], 20);
