@@ -9,6 +9,8 @@ use effseq::config::ModelKind;
 use effseq::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::failure::CliError;
+
 /// Arguments of `effseq bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -50,6 +52,9 @@ pub struct BenchArgs {
     pub plot: Option<PathBuf>,
 }
 
+/// The most timed repetitions per configuration (each one's time is kept).
+const MAX_REPEATS: usize = 1_000_000;
+
 fn parse_list<T>(what: &str, s: &str, parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
     let v: Vec<T> = s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(parse).collect::<Result<_>>()?;
     if v.is_empty() {
@@ -72,6 +77,9 @@ impl BenchArgs {
         if !(self.max_memory_gib > 0.0 && self.budget > 0.0) {
             return Err(Error::Invalid("--budget and --max-memory-gib must be positive".into()));
         }
+        if self.repeats > MAX_REPEATS {
+            return Err(Error::Invalid(format!("--repeats must be at most {MAX_REPEATS}, got {}", self.repeats)));
+        }
         Ok(BenchConfig {
             models,
             seq_lens: parse_list("seq-lens", &self.seq_lens, parse_usize("seq-lens"))?,
@@ -88,10 +96,15 @@ impl BenchArgs {
 
 /// Runs the benchmark, prints the table (and, with `json`, one JSON object as the last stdout line, the
 /// human-readable lines then going to stderr).
-pub fn run(args: &BenchArgs, json: bool) -> Result<Vec<BenchRecord>> {
+pub fn run(args: &BenchArgs, json: bool) -> std::result::Result<Vec<BenchRecord>, CliError> {
     let cfg = args.config()?;
     if let Some(path) = &args.plot {
         crate::plot::check_plot_path(path)?;
+    }
+    for (flag, path) in [("--markdown", &args.markdown), ("--json-file", &args.json_file), ("--plot", &args.plot)] {
+        if let Some(path) = path {
+            crate::preflight::check_output_file(flag, path)?;
+        }
     }
     let say = |text: &str| if json { eprint!("{text}") } else { print!("{text}") };
     say(&format!(

@@ -31,10 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::failure::{exit, CliError};
 use crate::format::{grouped, task_fields, task_label, TaskFields};
 use crate::plot::{write_compare_plot, CompareChart, CurveLine};
+use crate::signals;
 use crate::train_cmd::{parse_series, parse_task, TrainArgs};
 
-/// Exit code of a comparison stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
-const INTERRUPTED_EXIT: u8 = 130;
 /// Training steps configured when only a time budget is given: no cap in practice, and a cosine schedule so long
 /// that the learning rate stays at its peak after the warmup.
 const UNCAPPED_STEPS: u64 = 1_000_000_000;
@@ -262,61 +261,6 @@ pub fn run_worker(_args: &WorkerArgs) -> Result<(), CliError> {
     }
 }
 
-/// Ctrl-C handling (Linux with glibc, where `libc` is a dependency; elsewhere Ctrl-C ends the parent, and the
-/// worker, seeing its stdin close, stops by itself).
-mod signals {
-    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-
-    /// Raised by the first Ctrl-C in the parent.
-    pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-    /// The running worker's process id (0: none), killed by a second Ctrl-C.
-    pub static WORKER_PID: AtomicI32 = AtomicI32::new(0);
-
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    extern "C" fn on_interrupt(_signal: libc::c_int) {
-        // Only async-signal-safe calls here: atomics, kill and _exit.
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            let pid = WORKER_PID.load(Ordering::SeqCst);
-            // SAFETY: kill and _exit are async-signal-safe.
-            unsafe {
-                if pid > 0 {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-                libc::_exit(i32::from(super::INTERRUPTED_EXIT));
-            }
-        }
-    }
-
-    /// Installs the parent's Ctrl-C handler: the first press raises [`INTERRUPTED`], the second kills the worker
-    /// and exits.
-    pub fn catch_interrupt() {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: the handler only touches atomics and async-signal-safe functions.
-        unsafe {
-            libc::signal(libc::SIGINT, on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        }
-    }
-
-    /// Makes this (worker) process ignore Ctrl-C.
-    pub fn ignore_interrupt() {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
-        unsafe {
-            libc::signal(libc::SIGINT, libc::SIG_IGN);
-        }
-    }
-
-    /// Whether Ctrl-C was pressed.
-    pub fn interrupted() -> bool {
-        INTERRUPTED.load(Ordering::SeqCst)
-    }
-
-    /// Records the running worker (0 when none).
-    pub fn set_worker(pid: u32) {
-        WORKER_PID.store(pid as i32, Ordering::SeqCst);
-    }
-}
-
 /// What happened to one model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -482,6 +426,11 @@ pub fn run(args: &CompareArgs, json: bool) -> Result<(), CliError> {
     if let Some(path) = &args.plot {
         crate::plot::check_plot_path(path)?;
     }
+    for (flag, path) in [("--markdown", &args.markdown), ("--json-file", &args.json_file), ("--plot", &args.plot)] {
+        if let Some(path) = path {
+            crate::preflight::check_output_file(flag, path)?;
+        }
+    }
     let mut configs = models.iter().map(|&kind| args.config_for(kind, step_cap)).collect::<Result<Vec<_>, _>>()?;
     let first = configs[0].clone();
     // The task, once: its data must load before any worker starts, and it names the metric.
@@ -512,7 +461,7 @@ pub fn run(args: &CompareArgs, json: bool) -> Result<(), CliError> {
     }
 
     // From here on Ctrl-C stops the comparison cleanly (before any worker starts, it ends it with nothing run).
-    signals::catch_interrupt();
+    signals::catch();
     let draw = !json && std::io::stderr().is_terminal();
     let bars = draw.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
     let say = Say { json, bars: bars.clone() };
@@ -629,14 +578,14 @@ pub fn run(args: &CompareArgs, json: bool) -> Result<(), CliError> {
     }
     if interrupted {
         let reached = reports.iter().filter(|r| r.status == Status::Interrupted).map(|r| r.model).collect::<Vec<_>>().join(", ");
-        let mut message = String::from("interrupted by Ctrl-C");
+        let mut message = format!("interrupted by {}", signals::name());
         if !reached.is_empty() {
             message += &format!(": {reached} stopped early");
         }
         if !not_run.is_empty() {
             message += &format!("; not run: {}", not_run.join(", "));
         }
-        return Err(CliError { message, hint: None, code: INTERRUPTED_EXIT });
+        return Err(CliError { message, hint: None, code: signals::exit_code() });
     }
     if let Some(first_failure) = failed.first() {
         return Err(CliError {

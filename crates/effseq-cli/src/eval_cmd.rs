@@ -4,11 +4,13 @@ use std::path::PathBuf;
 
 use clap::Args;
 use effseq::checkpoint;
+use effseq::memory;
 use effseq::tasks::{Evaluation, Task};
 use serde::Serialize;
 
 use crate::failure::{exit, CliError};
 use crate::format::{describe_eval, sequences_noun, task_fields, task_label, TaskFields};
+use crate::preflight;
 
 /// Arguments of `effseq eval`.
 #[derive(Args, Debug)]
@@ -19,6 +21,10 @@ pub struct EvalArgs {
     /// Reformer: evaluate with this many LSH hash rounds instead of the number it was trained with.
     #[arg(long, value_name = "K")]
     pub n_hashes: Option<usize>,
+    /// Refuse to start when the evaluation's estimated memory exceeds this many GiB (it is always refused above
+    /// the memory available).
+    #[arg(long, value_name = "G")]
+    pub max_memory_gib: Option<f64>,
 }
 
 /// The last line of `effseq eval --json`.
@@ -41,12 +47,33 @@ struct EvalJson<'a> {
 
 /// Runs `effseq eval`.
 pub fn run(args: &EvalArgs, json: bool) -> Result<(), CliError> {
+    let (mut sized, _) = checkpoint::load_config(&args.checkpoint)?;
+    // The evaluation's own hash rounds size its LSH buffers.
+    if let Some(k) = args.n_hashes {
+        sized.model.n_hashes = k;
+    }
+    let estimate = memory::estimate_eval(&sized, Task::io_of(&sized.task)?)?;
+    preflight::check_memory("evaluating this checkpoint", &estimate, args.max_memory_gib, "evaluate on a machine with more memory")?;
     let (config, mut network, state) = checkpoint::load_model(&args.checkpoint)?;
     if args.n_hashes.is_some() {
         network.set_eval_hash_rounds(args.n_hashes)?;
     }
     let task = Task::new(&config.task, config.train.seed)?;
     let eval = task.evaluate(&mut network)?;
+    if !(eval.loss.is_finite() && eval.metric.is_finite()) {
+        // The weights are finite (the load checks them), but the outputs overflow: a run on the edge of divergence.
+        return Err(CliError {
+            message: format!(
+                "checkpoint {}: the evaluation loss is {} and the {} is {}, although every weight is finite: the model's outputs overflow",
+                args.checkpoint.display(),
+                eval.loss,
+                eval.metric_name,
+                eval.metric
+            ),
+            hint: Some("the run was diverging when this checkpoint was written; resume an earlier one, or train again with a lower --lr".into()),
+            code: exit::DATA,
+        });
+    }
     let hashes = args.n_hashes.map(|k| format!(" with {k} hash round{}", if k == 1 { "" } else { "s" })).unwrap_or_default();
     let summary = format!(
         "{}{hashes} on {} after {} steps: {} on {} {}",

@@ -10,8 +10,10 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// A missing, truncated, corrupt or mismatched checkpoint or data file.
     pub const DATA: u8 = 3;
-    /// Training diverged (NaN or infinite loss or gradient).
+    /// Training diverged (NaN or infinite loss, gradient or weight).
     pub const DIVERGED: u8 = 4;
+    /// Stopped by Ctrl-C (128 + SIGINT, as a shell reports it; SIGTERM gives 143).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// What to tell the user when a command fails.
@@ -58,6 +60,7 @@ impl From<Error> for CliError {
             Error::Checkpoint { .. } => (exit::DATA, None),
             Error::Data { .. } => (exit::DATA, None),
             Error::NonFinite { .. } => (exit::DIVERGED, None),
+            Error::Interrupted { .. } => (exit::INTERRUPTED, None),
             _ => (exit::OTHER, None),
         };
         CliError { message: err.to_string(), hint: hint.map(str::to_string), code }

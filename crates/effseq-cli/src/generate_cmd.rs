@@ -10,13 +10,16 @@ use std::time::Instant;
 use clap::Args;
 use effseq::checkpoint;
 use effseq::config::TaskKind;
+use effseq::memory;
 use effseq::model::StepInput;
 use effseq::rng::{rng_for, Rng};
 use effseq::tasks::charlm::CharLm;
+use effseq::tasks::Task;
 use rand::Rng as _;
 use serde::Serialize;
 
 use crate::failure::{exit, CliError};
+use crate::preflight;
 
 /// Arguments of `effseq generate`.
 #[derive(Args, Debug)]
@@ -39,6 +42,10 @@ pub struct GenerateArgs {
     /// Seed of the sampling.
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub seed: u64,
+    /// Refuse to start when the estimated memory (weights, the streaming state after the prompt and every
+    /// generated token, the text) exceeds this many GiB (it is always refused above the memory available).
+    #[arg(long, value_name = "G")]
+    pub max_memory_gib: Option<f64>,
 }
 
 /// The last line of `effseq generate --json`.
@@ -84,6 +91,11 @@ pub fn run(args: &GenerateArgs, json: bool) -> Result<(), CliError> {
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         return Err(CliError::usage(format!("--temperature must be a finite number >= 0, got {}", args.temperature)));
     }
+    let (config, _) = checkpoint::load_config(&args.checkpoint)?;
+    let context = (args.prompt.chars().count() as u64).saturating_add(args.tokens as u64);
+    let estimate =
+        memory::estimate_stream(&config, Task::io_of(&config.task)?, context).map_err(|e| CliError::usage(format!("--tokens {}: {e}", args.tokens)))?;
+    preflight::check_memory(&format!("generating {} tokens", args.tokens), &estimate, args.max_memory_gib, "generate fewer --tokens")?;
     let (config, mut network, _) = checkpoint::load_model(&args.checkpoint)?;
     if config.task.kind != TaskKind::Charlm {
         return Err(CliError::usage(format!(

@@ -68,7 +68,9 @@ pub fn run(args: &InfoArgs, json: bool) -> Result<(), CliError> {
             (Some(name), Some(last), Some(best)) => format!(", eval {name} {last:.5} (best {best:.5})"),
             _ => String::new(),
         };
-        println!("\n# checkpoint: step {} of {}{metric}", state.step, config.train.steps);
+        let files =
+            args.checkpoint.as_deref().and_then(|dir| checkpoint::resolve(dir).ok()).map(|d| format!(" (files in {})", d.display())).unwrap_or_default();
+        println!("\n# checkpoint: step {} of {}{metric}{files}", state.step, config.train.steps);
     }
     println!("\n# parameters ({} in total)\n{}", grouped(network.num_params()), param_table(&network).trim_end());
     Ok(())

@@ -13,7 +13,9 @@ mod format;
 mod generate_cmd;
 mod info_cmd;
 mod plot;
+mod preflight;
 mod progress;
+mod signals;
 mod train_cmd;
 
 use std::process::ExitCode;

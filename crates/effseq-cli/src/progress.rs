@@ -101,4 +101,8 @@ impl Progress for TrainProgress {
     fn on_checkpoint(&mut self, step: u64, dir: &Path) {
         self.bar.set_message(format!("loss {:.5}  (checkpoint at step {step} in {})", self.smoothed_loss(), dir.display()));
     }
+
+    fn interrupted(&mut self) -> bool {
+        crate::signals::interrupted()
+    }
 }

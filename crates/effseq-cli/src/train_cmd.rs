@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use effseq::checkpoint;
 use effseq::config::{FeatureKernelKind, ModelKind, Pooling, Positional, RunConfig, TaskConfig, TaskKind};
+use effseq::memory::{self, MemoryEstimate};
 use effseq::tasks::forecast::{ForecastMetrics, SeriesKind};
 use effseq::tasks::Task;
 use effseq::train::{Summary, Trainer};
@@ -14,7 +15,9 @@ use serde::Serialize;
 
 use crate::failure::CliError;
 use crate::format::{describe_eval, describe_model, describe_task, describe_train, grouped, task_fields, TaskFields};
+use crate::preflight;
 use crate::progress::TrainProgress;
+use crate::signals;
 
 /// Arguments of `effseq train`. Every flag overrides the config file, which overrides the defaults. `effseq
 /// compare` builds one (from `Default`, every flag unset) per model to share [`TrainArgs::fresh_config`].
@@ -148,6 +151,10 @@ pub struct TrainArgs {
     /// Replace a checkpoint already in the output directory instead of refusing to start.
     #[arg(long)]
     pub overwrite: bool,
+    /// Refuse to start when the run's estimated memory exceeds this many GiB (it is always refused above the
+    /// memory available).
+    #[arg(long, value_name = "G")]
+    pub max_memory_gib: Option<f64>,
 }
 
 fn parse_model(s: &str) -> Result<ModelKind, String> {
@@ -210,6 +217,10 @@ struct TrainJson<'a> {
     wall_time_s: f64,
     params: usize,
     checkpoint: Option<String>,
+    /// The memory estimated before the run started ([`effseq::memory::estimate_train`]).
+    memory_estimate_bytes: u64,
+    /// The process's peak resident set (Linux `VmHWM`), to compare with the estimate.
+    peak_rss_bytes: Option<u64>,
 }
 
 impl TrainArgs {
@@ -372,30 +383,48 @@ fn changed_fields(saved: &RunConfig, wanted: &RunConfig) -> String {
 }
 
 /// Runs `effseq train`.
+///
+/// Before any work: the config is checked, `--out` must be writable, and the run's estimated memory must fit
+/// ([`preflight::check_memory`]); the checkpoint directory is then locked for the whole run, so that a second run on
+/// it stops with a clear error. Ctrl-C or SIGTERM writes the checkpoint of the step reached and exits (130 or 143).
 pub fn run(args: &TrainArgs, json: bool) -> Result<(), CliError> {
     let mut progress = TrainProgress::new(json);
     let mut chosen = Vec::new();
-    let (trainer, out, resumed_at) = match &args.resume {
+    let (trainer, out, resumed_at, estimate, _lock) = match &args.resume {
         Some(dir) => {
-            let mut loaded = checkpoint::load(dir)?;
-            loaded.config = args.resumed_config(&loaded.config, loaded.state.step, dir)?;
+            // The config first (small, checksummed): flags, output and memory are checked before the weights load.
+            let (saved, state) = checkpoint::load_config(dir)?;
+            let config = args.resumed_config(&saved, state.step, dir)?;
             let out = args.out.clone().unwrap_or_else(|| dir.clone());
+            preflight::check_output_dir("--out", &out)?;
+            let estimate = estimate_memory(&config, args.max_memory_gib)?;
             if out != *dir {
                 refuse_to_replace(&out, args.overwrite)?;
             }
+            let lock = preflight::lock_run_dir(&out)?;
+            // Loaded under the lock: no other run can advance the checkpoint in between.
+            let mut loaded = checkpoint::load(dir)?;
+            loaded.config = args.resumed_config(&loaded.config, loaded.state.step, dir)?;
             let step = loaded.state.step;
-            (Trainer::resume(loaded)?, out, Some((dir.clone(), step)))
+            (Trainer::resume(loaded)?, out, Some((dir.clone(), step)), estimate, lock)
         }
         None => {
             let (cfg, picked) = args.fresh_config_and_choices()?;
             chosen = picked;
             let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
+            preflight::check_output_dir("--out", &out)?;
             refuse_to_replace(&out, args.overwrite)?;
-            (Trainer::new(cfg)?, out, None)
+            let estimate = estimate_memory(&cfg, args.max_memory_gib)?;
+            let trainer = Trainer::new(cfg)?;
+            // The directory is created and locked once the data has loaded (a run that cannot start leaves nothing).
+            let lock = preflight::lock_run_dir(&out)?;
+            refuse_to_replace(&out, args.overwrite)?;
+            (trainer, out, None, estimate, lock)
         }
     };
     let mut trainer = trainer.with_checkpoint_dir(&out);
     print_header(&progress, &trainer, &out, resumed_at.as_ref(), &chosen);
+    progress.line(&format!("  memory {estimate} (estimated before starting)"));
     if args.eval_size.is_some() && trainer.config().task.kind.is_real_data() {
         progress.line(&format!(
             "note: --eval-size does not apply to {}: it is evaluated on its fixed test split ({} sequences)",
@@ -404,10 +433,33 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), CliError> {
         ));
     }
 
+    // From here on Ctrl-C and SIGTERM stop the run after the current step, with a checkpoint of it.
+    signals::catch();
     let result = trainer.run(&mut progress);
     progress.finish();
-    let summary = result?;
-    print_summary(&progress, &summary, trainer.config(), json)
+    let summary = match result {
+        Err(effseq::Error::Interrupted { step, checkpoint }) => return Err(interrupted(step, trainer.config().train.steps, checkpoint.as_deref())),
+        other => other?,
+    };
+    print_summary(&progress, &summary, trainer.config(), estimate.total, json)
+}
+
+/// The run's memory estimate, refused when it exceeds `--max-memory-gib` or the memory available.
+fn estimate_memory(cfg: &RunConfig, max_memory_gib: Option<f64>) -> Result<MemoryEstimate, CliError> {
+    let estimate = memory::estimate_train(cfg, Task::io_of(&cfg.task)?)?;
+    preflight::check_memory("this training run", &estimate, max_memory_gib, "lower --batch, --seq-len, --hidden or --layers")?;
+    Ok(estimate)
+}
+
+/// The message and exit status of a run stopped by Ctrl-C or SIGTERM.
+fn interrupted(step: u64, total: u64, checkpoint: Option<&Path>) -> CliError {
+    let saved = checkpoint.map_or_else(|| "no checkpoint directory, nothing saved".to_string(), |dir| format!("checkpoint saved in {}", dir.display()));
+    let error =
+        CliError { message: format!("interrupted by {} after step {step} of {total}: {saved}", signals::name()), hint: None, code: signals::exit_code() };
+    match checkpoint {
+        Some(dir) => error.with_hint(format!("continue it with `effseq train --resume {}`", dir.display())),
+        None => error,
+    }
 }
 
 /// A fresh run must not silently replace an earlier run's checkpoint.
@@ -442,7 +494,7 @@ fn print_header(progress: &TrainProgress, trainer: &Trainer, out: &Path, resumed
     }
 }
 
-fn print_summary(progress: &TrainProgress, s: &Summary, cfg: &RunConfig, json: bool) -> Result<(), CliError> {
+fn print_summary(progress: &TrainProgress, s: &Summary, cfg: &RunConfig, memory_estimate: u64, json: bool) -> Result<(), CliError> {
     let best = s.best_metric.map(|b| format!(", best {b:.5}")).unwrap_or_default();
     let checkpoint = s.checkpoint.as_ref().map(|p| format!("; checkpoint {}", p.display())).unwrap_or_default();
     progress.line(&format!(
@@ -473,6 +525,8 @@ fn print_summary(progress: &TrainProgress, s: &Summary, cfg: &RunConfig, json: b
             wall_time_s: s.wall_time_s,
             params: s.params,
             checkpoint: s.checkpoint.as_ref().map(|p| p.display().to_string()),
+            memory_estimate_bytes: memory_estimate,
+            peak_rss_bytes: effseq::bench::process_peak_rss(),
         };
         println!(
             "{}",

@@ -327,7 +327,7 @@ impl Model {
             let mut params = network.params_mut();
             let norm = clip_grad_norm(&mut params, clip);
             if !norm.is_finite() {
-                return Err(effseq::Error::NonFinite { step, loss: norm });
+                return Err(effseq::Error::NonFinite { step, what: format!("the gradient norm is {norm}") });
             }
             optimizer.step(&mut params, lr)?;
             Ok(norm)

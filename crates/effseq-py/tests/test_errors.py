@@ -224,7 +224,7 @@ def test_bad_state_dicts_and_checkpoints(tmp_path, rng):
     with pytest.raises(effseq.CheckpointError, match="directory does not exist"):
         effseq.Model.load(tmp_path / "missing")
     model.save(tmp_path / "ckpt")
-    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights = tmp_path / "ckpt" / (tmp_path / "ckpt" / "current").read_text().strip() / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-7])
     with pytest.raises(effseq.CheckpointError, match="model.safetensors"):
         effseq.Model.load(tmp_path / "ckpt")

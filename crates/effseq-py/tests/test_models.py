@@ -175,7 +175,10 @@ def test_checkpoints_and_weights_round_trip(tmp_path, rng):
 
     train_steps(model, 3, 0)
     model.save(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.toml", "model.safetensors", "optimizer.safetensors", "state.json"]
+    # A checkpoint directory holds the pointer `current` and the version it names (see effseq's checkpoint.rs).
+    version = (tmp_path / "ckpt" / "current").read_text().strip()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["current", version]
+    assert sorted(p.name for p in (tmp_path / "ckpt" / version).iterdir()) == ["config.toml", "model.safetensors", "optimizer.safetensors", "state.json"]
     loaded = effseq.Model.load(tmp_path / "ckpt")
     assert loaded.steps == 3 and loaded.config == model.config
     np.testing.assert_array_equal(loaded.infer(x), model.infer(x))

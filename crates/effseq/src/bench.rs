@@ -227,8 +227,10 @@ pub fn process_peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Estimated bytes a configuration needs (weights, activations kept for backward, gradients).
-fn estimate_bytes(kind: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize) -> u64 {
+/// Estimated bytes a configuration needs (weights, activations kept for backward, gradients; for `step`, the
+/// streaming state at context T, which for the softmax Transformer is a key/value cache growing with T), or `None`
+/// when the size overflows 64 bits (then it certainly exceeds any limit).
+fn estimate_bytes(kind: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize) -> Option<u64> {
     // Activation planes of width D kept per step: gates + states (RNN), or per level ~6 (TCN).
     let g = match kind {
         ModelKind::Gru => 3,
@@ -239,23 +241,30 @@ fn estimate_bytes(kind: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize
         ModelKind::Mamba => 12,
     } as u64;
     let (b, t, d) = (b as u64, t as u64, d as u64);
-    let weights = 2 * g * d * d * 4 * 3;
+    let mul = |factors: &[u64]| factors.iter().try_fold(1u64, |acc, &f| acc.checked_mul(f));
+    let weights = mul(&[2, g, d, d, 4, 3])?;
+    if mode == BenchMode::Step && !matches!(kind, ModelKind::Transformer | ModelKind::Reformer) {
+        // A fixed-size state, whatever the context.
+        return Some(weights);
+    }
+    // Inputs (B, T, D) and output gradients of the sequence modes.
+    let inputs = mul(&[2, b, t, d, 4])?;
     if kind == ModelKind::Mamba {
         // Measured (B = 8, D = 256, T = 16384): inference walks the sequence in tiles and keeps about 4 D floats per
         // token (input, output, tile buffers); training keeps the layer input, [x | z], delta_in, B, C and scan
         // boundary states, and peaks at about 30 D floats per token during the backward (see mamba/mod.rs).
         let per_token = match mode {
-            BenchMode::Step => 0,
-            BenchMode::Forward => 4 * d * 4,
-            BenchMode::Train => 30 * d * 4,
+            BenchMode::Forward | BenchMode::Step => mul(&[4, d, 4])?,
+            BenchMode::Train => mul(&[30, d, 4])?,
         };
-        return weights + t * b * per_token;
+        return weights.checked_add(mul(&[t, b, per_token])?)?.checked_add(inputs);
     }
-    let acts = t * b * d * (g + 4) * 4;
+    let acts = mul(&[t, b, d, g + 4, 4])?;
     match mode {
-        BenchMode::Step => weights,
-        BenchMode::Forward => weights + acts,
-        BenchMode::Train => weights + 3 * acts,
+        // Keys and values of every step seen (softmax), or the inputs seen (the Reformer re-runs its prefix).
+        BenchMode::Step => weights.checked_add(mul(&[2, b, t, d, 4])?),
+        BenchMode::Forward => weights.checked_add(acts)?.checked_add(inputs),
+        BenchMode::Train => weights.checked_add(mul(&[3, acts])?)?.checked_add(inputs),
     }
 }
 
@@ -293,6 +302,7 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(usize, usize, &BenchRecor
             skipped: None,
         };
         let est_bytes = estimate_bytes(model, mode, b, t, cfg.dim);
+        let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
         // Softmax attention costs O(T^2), LSH attention O(T log T) (the sort); every other model O(T).
         let growth = |t0: usize| {
             let r = t as f64 / t0 as f64;
@@ -302,19 +312,22 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(usize, usize, &BenchRecor
                 _ => r,
             }
         };
-        let est_secs = rate.get(&(model, mode, b)).map(|&(t0, secs)| secs * growth(t0) * (cfg.repeats + 1) as f64);
+        let est_secs = rate.get(&(model, mode, b)).map(|&(t0, secs)| match mode {
+            // A step costs O(context) for the softmax KV cache (O(1) otherwise); reaching context T takes T steps.
+            BenchMode::Step => {
+                let per_step = if model == ModelKind::Transformer { secs * t as f64 / t0 as f64 } else { secs };
+                per_step * (step_warmup(model, t) + STEP_BLOCK * cfg.repeats.max(5)) as f64
+            }
+            _ => secs * growth(t0) * (cfg.repeats + 1) as f64,
+        });
         if model == ModelKind::Reformer && mode == BenchMode::Step {
             rec.skipped = Some("no incremental form: a Reformer step re-runs the causal prefix (see its forward time)".into());
-        } else if est_bytes > cfg.memory_limit_bytes {
-            rec.skipped = Some(format!(
-                "estimated memory {:.1} GiB exceeds the limit of {:.1} GiB",
-                est_bytes as f64 / (1u64 << 30) as f64,
-                cfg.memory_limit_bytes as f64 / (1u64 << 30) as f64
-            ));
-        } else if let Some(est) = est_secs.filter(|&e| e > cfg.budget_secs && mode != BenchMode::Step) {
+        } else if est_bytes.is_none_or(|bytes| bytes > cfg.memory_limit_bytes) {
+            let estimate = est_bytes.map_or_else(|| "more than 16 EiB (the size overflows 64 bits)".to_string(), |bytes| format!("{:.1} GiB", gib(bytes)));
+            rec.skipped = Some(format!("estimated memory {estimate} exceeds the limit of {:.1} GiB", gib(cfg.memory_limit_bytes)));
+        } else if let Some(est) = est_secs.filter(|&e| e > cfg.budget_secs) {
             rec.skipped = Some(format!("estimated {est:.0} s exceeds the time budget of {:.0} s", cfg.budget_secs));
-        } else {
-            let (times, peak) = measure(model, mode, b, t, cfg.dim, cfg.heads, cfg.repeats)?;
+        } else if let Some((times, peak)) = measure(model, mode, b, t, cfg.dim, cfg.heads, cfg.repeats, cfg.budget_secs)? {
             let mut sorted = times.clone();
             sorted.sort_by(f64::total_cmp);
             let median = sorted[sorted.len() / 2];
@@ -327,6 +340,10 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(usize, usize, &BenchRecor
             }
             rec.peak_bytes = peak;
             rate.insert((model, mode, b), (t, median));
+        } else {
+            rec.skipped = Some(format!("stopped: exceeded the time budget of {:.0} s while running", cfg.budget_secs));
+            // Longer sequences of this model and mode would take longer still.
+            rate.insert((model, mode, b), (t, f64::INFINITY));
         }
         progress(i + 1, total, &rec);
         out.push(rec);
@@ -334,8 +351,32 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(usize, usize, &BenchRecor
     Ok(out)
 }
 
-/// Times one configuration; returns the seconds of each timed run and the peak extra heap bytes.
-fn measure(model: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize, heads: usize, repeats: usize) -> Result<(Vec<f64>, Option<u64>)> {
+/// Streaming steps averaged per timed sample of `step` (one step is a few microseconds).
+const STEP_BLOCK: usize = 200;
+
+/// Steps that bring a streaming state to context length `t` before `step` is timed: all `t` for every model. A
+/// softmax KV cache costs O(context) per step, and the claim that the other models' step does not depend on the
+/// context is what the step rows measure (the Reformer, which has no incremental form, is skipped before this).
+fn step_warmup(_model: ModelKind, t: usize) -> usize {
+    t
+}
+
+/// Times one configuration; returns the seconds of each timed run and the peak extra heap bytes, or `None` when it
+/// ran past `budget_secs` (checked between runs and during the warm-up of `step`, so no mode outlives the budget
+/// by more than one run).
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    model: ModelKind,
+    mode: BenchMode,
+    b: usize,
+    t: usize,
+    d: usize,
+    heads: usize,
+    repeats: usize,
+    budget_secs: f64,
+) -> Result<Option<(Vec<f64>, Option<u64>)>> {
+    let started = Instant::now();
+    let over_budget = || started.elapsed().as_secs_f64() > budget_secs;
     let base = alloc::reset_peak();
     let mut rnn = Backbone::new(&bench_model_config(model, d, heads), d, 0)?;
     let mut rng = rng_for(0, 99);
@@ -356,6 +397,9 @@ fn measure(model: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize, head
                 if rep > 0 {
                     times.push(start.elapsed().as_secs_f64());
                 }
+                if over_budget() && rep < repeats {
+                    return Ok(None);
+                }
             }
         }
         BenchMode::Step => {
@@ -363,25 +407,29 @@ fn measure(model: ModelKind, mode: BenchMode, b: usize, t: usize, d: usize, head
             let mut x_t = vec![0.0f32; b * d]; // (B, D)
             let mut y_t = vec![0.0f32; b * d]; // (B, H)
             fill_uniform(&mut rng, &mut x_t, 1.0);
-            // Bring the state to context length T for every model: a softmax KV cache costs O(context) per step,
-            // and the claim that the other models' step does not depend on it is what this measures.
-            for _ in 0..t {
+            // Bring the state to context length T (see step_warmup), within the time budget.
+            for i in 0..step_warmup(model, t) {
                 rnn.step(&x_t, &mut state, &mut y_t)?;
+                if i % 256 == 255 && over_budget() {
+                    return Ok(None);
+                }
             }
-            // Each timed sample is the mean over a block of steps (one step is a few microseconds).
-            let block = 200;
+            // Each timed sample is the mean over a block of steps.
             for _ in 0..repeats.max(5) {
                 let start = Instant::now();
-                for _ in 0..block {
+                for _ in 0..STEP_BLOCK {
                     rnn.step(&x_t, &mut state, &mut y_t)?;
                 }
-                times.push(start.elapsed().as_secs_f64() / block as f64);
+                times.push(start.elapsed().as_secs_f64() / STEP_BLOCK as f64);
+                if over_budget() {
+                    return Ok(None);
+                }
             }
             std::hint::black_box(&y_t);
         }
     }
     let peak = alloc::installed().then(|| alloc::peak().saturating_sub(base));
-    Ok((times, peak))
+    Ok(Some((times, peak)))
 }
 
 /// A fixed-width text table of the records.
@@ -480,6 +528,54 @@ mod tests {
             assert!(json[0].get(key).is_some(), "JSON lacks {key}");
         }
         assert!(format_table(&recs).lines().count() == recs.len() + 1);
+    }
+
+    #[test]
+    fn every_mode_honours_the_memory_limit_and_sizes_that_overflow_are_skipped() {
+        // The KV cache of a softmax step at T = 10^7 (2 x 8 x 10^7 x 256 floats) exceeds 1 GiB; T = 2^51 overflows.
+        let cfg = BenchConfig {
+            models: vec![ModelKind::Transformer, ModelKind::Lstm],
+            seq_lens: vec![10_000_000, 2_251_799_813_685_248],
+            batches: vec![8],
+            modes: BenchMode::ALL.to_vec(),
+            repeats: 1,
+            memory_limit_bytes: 1 << 30,
+            ..Default::default()
+        };
+        let recs = run(&cfg, |_, _, _| {}).unwrap();
+        for r in &recs {
+            if r.model == "lstm" && r.mode == "step" {
+                // 64 warm-up steps of a fixed-size state, at any context: within both limits, so it is measured.
+                assert!(r.skipped.is_none() && r.step_us.is_some(), "{r:?}");
+                continue;
+            }
+            let why = r.skipped.as_deref().unwrap_or_else(|| panic!("must be skipped: {r:?}"));
+            assert!(why.contains("exceeds the limit"), "{r:?}");
+            if r.seq_len > 10_000_000 {
+                assert!(why.contains("overflows 64 bits"), "{why}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_time_budget_stops_a_configuration_while_it_runs() {
+        // The first configuration has no earlier rate to estimate from: the budget stops it mid-warm-up.
+        let cfg = BenchConfig {
+            models: vec![ModelKind::Transformer],
+            seq_lens: vec![200_000, 400_000],
+            batches: vec![1],
+            dim: 64,
+            heads: 2,
+            modes: vec![BenchMode::Step],
+            repeats: 1,
+            budget_secs: 0.2,
+            memory_limit_bytes: 8 << 30,
+        };
+        let start = Instant::now();
+        let recs = run(&cfg, |_, _, _| {}).unwrap();
+        assert!(start.elapsed().as_secs_f64() < 30.0, "took {:?}", start.elapsed());
+        assert!(recs[0].skipped.as_deref().is_some_and(|why| why.contains("exceeded the time budget")), "{:?}", recs[0]);
+        assert!(recs[1].skipped.as_deref().is_some_and(|why| why.contains("time budget")), "{:?}", recs[1]);
     }
 
     #[test]

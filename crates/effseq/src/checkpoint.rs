@@ -1,18 +1,28 @@
 //! Checkpoints: a directory that holds everything needed to evaluate a model or to resume its training
 //! exactly.
 //!
-//! | file | content |
-//! |------|---------|
-//! | `model.safetensors` | every parameter of the [`Network`] by its PyTorch name, f32 |
-//! | `optimizer.safetensors` | the optimizer's state tensors ([`Optimizer::state_tensors`]) |
-//! | `config.toml` | the [`RunConfig`] |
-//! | `state.json` | step, optimizer steps, seed, eval metrics, effseq version, and the size and CRC32 of every other file |
+//! A run's checkpoint directory holds one *version* directory per save and a pointer file naming the current one:
 //!
-//! Every file is written atomically (`name.tmp`, fsync, rename) and `state.json` last, so a crash while the data
-//! files are written leaves the previous checkpoint intact; a crash in the short window between the renames is
-//! reported on load as a checksum mismatch naming the file. Loading verifies sizes and checksums before parsing,
-//! then every tensor's presence and shape against the model the config describes, so truncated, corrupt or
-//! mismatched checkpoints fail with an [`Error::Checkpoint`] that names the file and the problem.
+//! | path | content |
+//! |------|---------|
+//! | `current` | one line: the name of the version directory that holds the current checkpoint, e.g. `step-500` |
+//! | `step-500/model.safetensors` | every parameter of the [`Network`] by its PyTorch name, f32 |
+//! | `step-500/optimizer.safetensors` | the optimizer's state tensors ([`Optimizer::state_tensors`]) |
+//! | `step-500/config.toml` | the [`RunConfig`] |
+//! | `step-500/state.json` | step, optimizer steps, seed, eval metrics, effseq version, and the size and CRC32 of every other file |
+//!
+//! A save writes the new version into a fresh directory (every file fsynced, then the directory), and only then
+//! switches to it by replacing `current` atomically (write `current.tmp`, fsync, rename, fsync the run
+//! directory); the previous version is removed after the switch. A crash or `kill -9` at any moment therefore
+//! leaves either the previous checkpoint or the new one current, complete and loadable; an interrupted save leaves
+//! only an unreferenced version directory, which the next save removes. Each version directory is itself a
+//! checkpoint in the single-directory layout of earlier effseq versions (the four files side by side), which
+//! [`load`] still reads: a directory without `current` but with `state.json` is loaded as it is.
+//!
+//! Loading follows `current`, verifies sizes and checksums before parsing, then every tensor's presence and shape
+//! against the model the config describes and that every weight is finite, so truncated, corrupt, mismatched or
+//! diverged checkpoints fail with an [`Error::Checkpoint`] that names the file and the problem. A reader racing a
+//! save (evaluating a run while it trains) retries once the pointer has moved on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -26,7 +36,7 @@ use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::model::Network;
 use crate::optim::Optimizer;
-use crate::param::{Module, Param};
+use crate::param::{first_non_finite, Module, Param};
 use crate::tasks::Task;
 
 /// The model weights.
@@ -39,6 +49,12 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const STATE_FILE: &str = "state.json";
 /// Layout version of `state.json`; a checkpoint from a newer layout is refused.
 pub const FORMAT_VERSION: u32 = 1;
+/// The pointer file of a run's checkpoint directory: the name of the current version directory.
+pub const CURRENT_FILE: &str = "current";
+/// Version directories are named `step-N` (`step-N.K` when one of that step already exists).
+const VERSION_PREFIX: &str = "step-";
+/// How often [`load`] re-reads the pointer when a save switched versions under it.
+const LOAD_ATTEMPTS: usize = 3;
 
 /// Named tensors as stored in a safetensors file: name, shape (outermost first), row-major values.
 pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
@@ -108,57 +124,199 @@ pub struct Loaded {
     pub state: TrainState,
 }
 
-/// Writes a checkpoint of a run into `dir` (created if needed), replacing the checkpoint already there.
+/// Writes a checkpoint of a run into `dir` (created if needed) as a new version, then makes it the current one;
+/// the previous checkpoint stays current until the new one is complete on disk (see the module doc).
+///
+/// Only a good checkpoint is written: a NaN or infinite weight, buffer or optimizer state is an
+/// [`Error::NonFinite`] naming the first such tensor, and nothing is changed on disk.
 pub fn save(dir: &Path, config: &RunConfig, network: &Network, optimizer: &Optimizer, state: &TrainState) -> Result<()> {
     if network.config != config.model {
         return Err(Error::Invalid("checkpoint::save: the network was not built from config.model".into()));
     }
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let model = serialize_tensors(&module_tensors(network), &dir.join(MODEL_FILE))?;
-    let optim = serialize_tensors(&optimizer.state_tensors(), &dir.join(OPTIMIZER_FILE))?;
+    if let Some(bad) = first_non_finite(network.params().into_iter().chain(network.buffers()).map(|p| (p.name.as_str(), p.value.as_slice()))) {
+        return Err(Error::NonFinite { step: state.step, what: format!("weight {bad}; no checkpoint was written") });
+    }
+    // A validated config always serialises (every integer fits TOML's signed 64 bits).
+    config.validate()?;
     let config_text = config.to_toml().into_bytes();
-    let files: [(&str, &[u8]); 3] = [(MODEL_FILE, &model), (OPTIMIZER_FILE, &optim), (CONFIG_FILE, &config_text)];
+    let created = !dir.exists();
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    if created {
+        sync_parent(dir)?;
+    }
+    let version = free_version_name(dir, state.step);
+    let files_dir = dir.join(&version);
+    fs::create_dir(&files_dir).map_err(|e| Error::io(&files_dir, e))?;
+    let written = write_version(&files_dir, config_text, network, optimizer, state);
+    if let Err(e) = written {
+        // Nothing refers to the half-written version; remove it now rather than at the next save.
+        let _ = fs::remove_dir_all(&files_dir);
+        return Err(e);
+    }
+    sync_dir(dir)?;
 
-    // The slow part first: every data file into its .tmp, so a crash here leaves the old checkpoint untouched.
-    for (name, bytes) in files {
-        write_synced(&tmp_path(&dir.join(name)), bytes)?;
+    // The switch: one atomic rename of the pointer.
+    let pointer = dir.join(CURRENT_FILE);
+    write_synced(&tmp_path(&pointer), format!("{version}\n").as_bytes())?;
+    rename(&tmp_path(&pointer), &pointer)?;
+    sync_dir(dir)?;
+    remove_stale_versions(dir, &version);
+    Ok(())
+}
+
+/// Writes the four files of a checkpoint into the fresh directory `files_dir`, each fsynced, `state.json` last, then
+/// fsyncs the directory. One file's bytes at a time are held in memory.
+fn write_version(files_dir: &Path, config_text: Vec<u8>, network: &Network, optimizer: &Optimizer, state: &TrainState) -> Result<()> {
+    // A fresh directory: the files go to their final names; nothing refers to them until `current` does.
+    let write = |name: &str, bytes: &[u8]| -> Result<(String, FileSum)> {
+        write_synced(&files_dir.join(name), bytes)?;
+        Ok((name.to_string(), FileSum::of(bytes)))
+    };
+    let model_path = files_dir.join(MODEL_FILE);
+    let model = write(MODEL_FILE, &serialize_tensors(&module_tensors(network), &model_path)?)?;
+    let optim_tensors = optimizer.state_tensors();
+    if let Some(bad) = first_non_finite(optim_tensors.iter().map(|(name, _, values)| (name.as_str(), values.as_slice()))) {
+        return Err(Error::NonFinite { step: state.step, what: format!("optimizer state {bad}; no checkpoint was written") });
     }
-    for (name, _) in files {
-        rename(&tmp_path(&dir.join(name)), &dir.join(name))?;
-    }
+    let optim = write(OPTIMIZER_FILE, &serialize_tensors(&optim_tensors, &files_dir.join(OPTIMIZER_FILE))?)?;
+    drop(optim_tensors);
+    let config = write(CONFIG_FILE, &config_text)?;
     let state_file = StateFile {
         format: FORMAT_VERSION,
         effseq_version: env!("CARGO_PKG_VERSION").to_string(),
         state: state.clone(),
-        files: files.iter().map(|&(name, bytes)| (name.to_string(), FileSum::of(bytes))).collect(),
+        files: [model, optim, config].into_iter().collect(),
     };
-    write_state(dir, &state_file)
+    write_state(files_dir, &state_file)?;
+    sync_dir(files_dir)
 }
 
 /// Loads a checkpoint written by [`save`]: config, network, optimizer and progress, after verifying every file.
 pub fn load(dir: &Path) -> Result<Loaded> {
-    let (config, network, state_file) = load_verified_model(dir)?;
-    let optim_path = dir.join(OPTIMIZER_FILE);
-    let optim_bytes = read_verified(dir, &state_file, OPTIMIZER_FILE)?;
-    let tensors = parse_tensors(&optim_bytes, &optim_path)?;
-    let mut optimizer = Optimizer::new(&config.train, &network.params());
-    optimizer.load_state_tensors(&tensors).map_err(|e| match e {
-        Error::Checkpoint { .. } => e,
-        other => Error::Checkpoint { path: optim_path.clone(), msg: other.to_string() },
-    })?;
-    optimizer.set_steps_taken(state_file.state.optimizer_steps);
-    Ok(Loaded { config, network, optimizer, state: state_file.state })
+    with_current(dir, |files_dir| {
+        let (config, network, state_file) = load_verified_model(files_dir)?;
+        let optim_path = files_dir.join(OPTIMIZER_FILE);
+        let optim_bytes = read_verified(files_dir, &state_file, OPTIMIZER_FILE)?;
+        let tensors = parse_tensors(&optim_bytes, &optim_path)?;
+        if let Some(bad) = first_non_finite(tensors.iter().map(|(name, (_, values))| (name.as_str(), values.as_slice()))) {
+            return Err(checkpoint_error(&optim_path, format!("optimizer state {bad}: the checkpoint is not usable (saved from a diverged run?)")));
+        }
+        let mut optimizer = Optimizer::new(&config.train, &network.params());
+        optimizer.load_state_tensors(&tensors).map_err(|e| match e {
+            Error::Checkpoint { .. } => e,
+            other => Error::Checkpoint { path: optim_path.clone(), msg: other.to_string() },
+        })?;
+        optimizer.set_steps_taken(state_file.state.optimizer_steps);
+        Ok(Loaded { config, network, optimizer, state: state_file.state })
+    })
 }
 
 /// Loads only what evaluation needs (config, network, progress); the optimizer file is neither read nor required.
 pub fn load_model(dir: &Path) -> Result<(RunConfig, Network, TrainState)> {
-    let (config, network, state_file) = load_verified_model(dir)?;
-    Ok((config, network, state_file.state))
+    with_current(dir, |files_dir| {
+        let (config, network, state_file) = load_verified_model(files_dir)?;
+        Ok((config, network, state_file.state))
+    })
 }
 
-/// Whether `dir` holds a checkpoint (its `state.json` exists).
+/// Loads only the run configuration and the progress of the checkpoint in `dir`, verified by their checksums,
+/// without building the network (e.g. to estimate a run's memory before allocating it).
+pub fn load_config(dir: &Path) -> Result<(RunConfig, TrainState)> {
+    with_current(dir, |files_dir| {
+        let state_file = read_state(files_dir)?;
+        let config = read_config(files_dir, &state_file)?;
+        Ok((config, state_file.state))
+    })
+}
+
+/// Whether `dir` holds a checkpoint: a `current` pointer, or a `state.json` of the single-directory layout.
 pub fn exists(dir: &Path) -> bool {
-    dir.join(STATE_FILE).is_file()
+    dir.join(CURRENT_FILE).is_file() || dir.join(STATE_FILE).is_file()
+}
+
+/// The directory that holds the files of the current checkpoint in `dir`: the version named by `current`, or
+/// `dir` itself for the single-directory layout. A missing directory, or a pointer that is malformed or names a
+/// missing version, is an [`Error::Checkpoint`].
+pub fn resolve(dir: &Path) -> Result<PathBuf> {
+    if !dir.is_dir() {
+        let msg = if dir.exists() { "is not a directory" } else { "directory does not exist" };
+        return Err(checkpoint_error(dir, msg));
+    }
+    let pointer = dir.join(CURRENT_FILE);
+    let bytes = match fs::read(&pointer) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(dir.to_path_buf()),
+        Err(e) => return Err(Error::io(&pointer, e)),
+    };
+    let name = std::str::from_utf8(&bytes).map(str::trim).unwrap_or_default();
+    if !is_version_name(name) {
+        return Err(checkpoint_error(
+            &pointer,
+            format!("corrupt: expected the name of a version directory such as step-500, found {:?}", String::from_utf8_lossy(&bytes)),
+        ));
+    }
+    let files_dir = dir.join(name);
+    if !files_dir.is_dir() {
+        return Err(checkpoint_error(&pointer, format!("names the version {name}, which is missing from {}", dir.display())));
+    }
+    Ok(files_dir)
+}
+
+/// Runs `load` on the current version of `dir`; when it fails because a concurrent save switched versions (and
+/// removed the one being read), tries again on the new one.
+fn with_current<T>(dir: &Path, mut load: impl FnMut(&Path) -> Result<T>) -> Result<T> {
+    let mut files_dir = resolve(dir)?;
+    let mut attempt = 1;
+    loop {
+        match load(&files_dir) {
+            Err(e) if attempt < LOAD_ATTEMPTS => match resolve(dir) {
+                Ok(now) if now != files_dir => files_dir = now,
+                _ => return Err(e),
+            },
+            other => return other,
+        }
+        attempt += 1;
+    }
+}
+
+/// Whether `name` is a version directory name that [`save`] writes: `step-N` or `step-N.K`.
+fn is_version_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(VERSION_PREFIX) else { return false };
+    let (step, copy) = rest.split_once('.').unwrap_or((rest, "1"));
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    digits(step) && digits(copy)
+}
+
+/// `step-N`, or `step-N.K` with the smallest K >= 2 not yet taken (a second save of the same step).
+fn free_version_name(dir: &Path, step: u64) -> String {
+    let base = format!("{VERSION_PREFIX}{step}");
+    if !dir.join(&base).exists() {
+        return base;
+    }
+    (2u64..).map(|k| format!("{base}.{k}")).find(|name| !dir.join(name).exists()).expect("some copy number is free")
+}
+
+/// After a switch to `keep`: removes every other version directory (earlier checkpoints, interrupted saves) and
+/// the files of a single-directory checkpoint that `dir` held before. Best effort: a file that cannot be removed
+/// is only wasted space, never a wrong checkpoint, since `current` decides.
+fn remove_stale_versions(dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name != keep && is_version_name(name) && entry.path().is_dir() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    // The single-directory layout: state.json first, so that no half-removed checkpoint looks complete.
+    if dir.join(STATE_FILE).is_file() {
+        for name in [STATE_FILE, MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE] {
+            let _ = fs::remove_file(dir.join(name));
+        }
+    }
+    for name in [STATE_FILE, MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE] {
+        let _ = fs::remove_file(tmp_path(&dir.join(name)));
+    }
 }
 
 /// Writes every parameter of `module` (by name, f32) to a safetensors file at `path`, atomically.
@@ -223,21 +381,41 @@ fn missing_or_io(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-/// `state.json`, then config and model verified against it, the network built from the config and loaded.
-fn load_verified_model(dir: &Path) -> Result<(RunConfig, Network, StateFile)> {
-    let state_file = read_state(dir)?;
+/// `config.toml` of the checkpoint files in `dir`, verified against `state.json` and validated.
+fn read_config(dir: &Path, state_file: &StateFile) -> Result<RunConfig> {
     let config_path = dir.join(CONFIG_FILE);
-    let config_bytes = read_verified(dir, &state_file, CONFIG_FILE)?;
+    let config_bytes = read_verified(dir, state_file, CONFIG_FILE)?;
     let text = String::from_utf8(config_bytes).map_err(|_| checkpoint_error(&config_path, "is not UTF-8 text"))?;
     let config: RunConfig = toml::from_str(&text).map_err(|e| checkpoint_error(&config_path, format!("invalid config: {e}")))?;
     config.validate().map_err(|e| checkpoint_error(&config_path, e.to_string()))?;
+    Ok(config)
+}
 
+/// `state.json`, then config and model verified against it, the network built from the config and loaded; every
+/// weight must be finite.
+fn load_verified_model(dir: &Path) -> Result<(RunConfig, Network, StateFile)> {
+    let state_file = read_state(dir)?;
+    let config = read_config(dir, &state_file)?;
+    let config_path = dir.join(CONFIG_FILE);
     let model_path = dir.join(MODEL_FILE);
     let model_bytes = read_verified(dir, &state_file, MODEL_FILE)?;
     let tensors = parse_tensors(&model_bytes, &model_path)?;
     let io = Task::io_of(&config.task)?;
+    // The model file bounds the size of the network to build: an edited config.toml cannot make the loader
+    // allocate far more than the weights it has (a small mismatch is left to the shape checks, which name the tensor).
+    let (params, buffers) = crate::memory::parameter_count(&config.model, io).map_err(|e| checkpoint_error(&config_path, e.to_string()))?;
+    if params.saturating_add(buffers).saturating_mul(4) > (model_bytes.len() as u64).saturating_mul(2).saturating_add(16 << 20) {
+        return Err(checkpoint_error(
+            &model_path,
+            format!("holds {} bytes, too few for the {} parameters of the model that config.toml describes", model_bytes.len(), params.saturating_add(buffers)),
+        ));
+    }
     let mut network = Network::new(&config.model, io, config.train.seed).map_err(|e| checkpoint_error(&config_path, e.to_string()))?;
     load_module_tensors(&mut network, tensors, &model_path, "the model described by config.toml")?;
+    let weights = network.params().into_iter().chain(network.buffers()).map(|p| (p.name.as_str(), p.value.as_slice()));
+    if let Some(bad) = first_non_finite(weights) {
+        return Err(checkpoint_error(&model_path, format!("weight {bad}: the model cannot be evaluated (saved from a diverged run?)")));
+    }
     Ok((config, network, state_file))
 }
 
@@ -248,8 +426,8 @@ fn read_state(dir: &Path) -> Result<StateFile> {
         return Err(checkpoint_error(dir, msg));
     }
     let path = dir.join(STATE_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
+    let text = match fs::read(&path) {
+        Ok(bytes) => String::from_utf8(bytes).map_err(|_| checkpoint_error(&path, "corrupt: not UTF-8 text"))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(checkpoint_error(&path, "file is missing: the directory is not an effseq checkpoint, or its first save was interrupted"));
         }
@@ -388,13 +566,22 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
 
 /// Flushes the directory entry of `path` (the renames), where the platform allows opening a directory.
 fn sync_parent(path: &Path) -> Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => sync_dir(Path::new(".")),
+    }
+}
+
+/// Flushes the entries of directory `dir` (files created or renamed in it) to the disk, where the platform allows
+/// opening a directory.
+fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let dir = fs::File::open(parent).map_err(|e| Error::io(parent, e))?;
-        dir.sync_all().map_err(|e| Error::io(parent, e))?;
+    {
+        let handle = fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
+        handle.sync_all().map_err(|e| Error::io(dir, e))?;
     }
     #[cfg(not(unix))]
-    let _ = path;
+    let _ = dir;
     Ok(())
 }
 
@@ -451,11 +638,17 @@ mod tests {
     /// Rewrites `state.json` so that its checksums match the files as they are now (to reach the checks
     /// behind the checksum).
     fn reseal(dir: &Path) {
-        let mut state = read_state(dir).unwrap();
+        let dir = files(dir);
+        let mut state = read_state(&dir).unwrap();
         for (name, sum) in state.files.iter_mut() {
             *sum = FileSum::of(&fs::read(dir.join(name)).unwrap());
         }
-        write_state(dir, &state).unwrap();
+        write_state(&dir, &state).unwrap();
+    }
+
+    /// The directory of the current checkpoint's files.
+    fn files(dir: &Path) -> PathBuf {
+        resolve(dir).unwrap()
     }
 
     #[test]
@@ -477,21 +670,123 @@ mod tests {
             }
             assert_eq!(loaded.optimizer.steps_taken(), optimizer.steps_taken());
             assert_eq!(loaded.optimizer.state_tensors(), optimizer.state_tensors());
-            let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-            assert!(names.iter().all(|n| !n.ends_with(".tmp")), "no temporary file left: {names:?}");
+            assert_eq!(names_in(dir.path()), ["current", "step-1"], "the pointer and one version, no temporary file");
+            assert_eq!(names_in(&files(dir.path())), [CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE]);
             let (config, net2, state2) = load_model(dir.path()).unwrap();
             assert_eq!((config, state2), (cfg, state));
             assert_eq!(net2.num_params(), network.num_params());
         }
     }
 
+    /// The sorted names in a directory.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn saving_again_replaces_the_checkpoint() {
+    fn saving_again_switches_to_a_new_version_and_removes_the_old_one() {
         let cfg = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
         let (dir, network, optimizer, mut state) = saved(&cfg);
         state.step = 9;
         save(dir.path(), &cfg, &network, &optimizer, &state).unwrap();
         assert_eq!(load(dir.path()).unwrap().state.step, 9);
+        assert_eq!(names_in(dir.path()), ["current", "step-9"]);
+        // A second save of the same step gets a version of its own (the current one is never written into).
+        save(dir.path(), &cfg, &network, &optimizer, &state).unwrap();
+        assert_eq!(names_in(dir.path()), ["current", "step-9.2"]);
+        assert_eq!(fs::read_to_string(dir.path().join(CURRENT_FILE)).unwrap(), "step-9.2\n");
+    }
+
+    #[test]
+    fn an_interrupted_save_leaves_the_previous_checkpoint_current_and_is_cleaned_up_by_the_next() {
+        let cfg = tiny_config(ModelKind::Gru, TaskKind::Adding, 4);
+        let (dir, network, optimizer, mut state) = saved(&cfg);
+        // What a kill -9 in the middle of the save of step 2 leaves: its version directory, half written, and a
+        // half-written pointer beside the real one.
+        fs::create_dir(dir.path().join("step-2")).unwrap();
+        fs::write(dir.path().join("step-2").join(MODEL_FILE), b"partial").unwrap();
+        fs::write(dir.path().join("current.tmp"), b"step-").unwrap();
+        assert_eq!(load(dir.path()).unwrap().state.step, 1, "the previous checkpoint is still the current one");
+        state.step = 2;
+        save(dir.path(), &cfg, &network, &optimizer, &state).unwrap();
+        assert_eq!(names_in(dir.path()), ["current", "step-2.2"]);
+        assert_eq!(load(dir.path()).unwrap().state.step, 2);
+    }
+
+    #[test]
+    fn the_single_directory_layout_still_loads_and_the_next_save_replaces_it() {
+        let cfg = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
+        let (versioned, network, optimizer, mut state) = saved(&cfg);
+        // A checkpoint as effseq wrote it before versioned saves: the four files side by side.
+        let flat = tempfile::tempdir().unwrap();
+        for name in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, STATE_FILE] {
+            fs::copy(files(versioned.path()).join(name), flat.path().join(name)).unwrap();
+        }
+        assert!(exists(flat.path()));
+        assert_eq!(resolve(flat.path()).unwrap(), flat.path());
+        let loaded = load(flat.path()).unwrap();
+        assert_eq!((loaded.config, loaded.state.clone()), (cfg.clone(), state.clone()));
+        state.step = 3;
+        save(flat.path(), &cfg, &network, &optimizer, &state).unwrap();
+        assert_eq!(names_in(flat.path()), ["current", "step-3"], "the old files are removed after the switch");
+        assert_eq!(load(flat.path()).unwrap().state.step, 3);
+    }
+
+    #[test]
+    fn a_broken_pointer_is_a_checkpoint_error() {
+        let cfg = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
+        let (dir, ..) = saved(&cfg);
+        let pointer = dir.path().join(CURRENT_FILE);
+        for text in ["", "../elsewhere", "/etc", "step-1/../..", "model.safetensors", "step-x"] {
+            fs::write(&pointer, text).unwrap();
+            expect_checkpoint_error(load(dir.path()), CURRENT_FILE, "corrupt");
+        }
+        fs::write(&pointer, "step-7\n").unwrap();
+        expect_checkpoint_error(load(dir.path()), CURRENT_FILE, "names the version step-7, which is missing");
+        // No pointer and no state.json, but a version directory: the first save never completed.
+        fs::remove_file(&pointer).unwrap();
+        expect_checkpoint_error(load(dir.path()), STATE_FILE, "first save was interrupted");
+        assert!(!exists(dir.path()));
+    }
+
+    #[test]
+    fn a_reader_that_races_a_save_follows_the_pointer_to_the_new_version() {
+        let cfg = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
+        let (dir, network, optimizer, mut state) = saved(&cfg);
+        let calls = std::cell::Cell::new(0);
+        let step = with_current(dir.path(), |files_dir| {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                // A save switches versions (and removes the one being read) in the middle of this read.
+                state.step = 2;
+                save(dir.path(), &cfg, &network, &optimizer, &state).unwrap();
+            }
+            read_state(files_dir).map(|s| s.state.step)
+        })
+        .unwrap();
+        assert_eq!((step, calls.get()), (2, 2));
+    }
+
+    #[test]
+    fn non_finite_weights_are_never_saved_and_refused_on_load() {
+        let cfg = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
+        let (dir, mut network, optimizer, mut state) = saved(&cfg);
+        network.params_mut()[1].value[3] = f32::INFINITY;
+        state.step = 2;
+        match save(dir.path(), &cfg, &network, &optimizer, &state) {
+            Err(Error::NonFinite { step: 2, what }) => assert!(what.contains("'rnn.weight_hh_l0' is inf at element 3"), "{what}"),
+            other => panic!("expected NonFinite, got {other:?}"),
+        }
+        assert_eq!(names_in(dir.path()), ["current", "step-1"], "nothing changed on disk");
+        // A checkpoint with a NaN weight (written by an older effseq) is refused with the tensor named.
+        let path = files(dir.path()).join(MODEL_FILE);
+        network.params_mut()[1].value[3] = f32::NAN;
+        fs::write(&path, serialize_tensors(&module_tensors(&network), &path).unwrap()).unwrap();
+        reseal(dir.path());
+        expect_checkpoint_error(load(dir.path()), MODEL_FILE, "'rnn.weight_hh_l0' is NaN at element 3");
+        assert!(matches!(load_model(dir.path()), Err(Error::Checkpoint { .. })));
     }
 
     #[test]
@@ -502,12 +797,12 @@ mod tests {
         let cfg = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
         for file in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE] {
             let (dir, ..) = saved(&cfg);
-            fs::remove_file(dir.path().join(file)).unwrap();
+            fs::remove_file(files(dir.path()).join(file)).unwrap();
             expect_checkpoint_error(load(dir.path()), file, "missing");
         }
         // Evaluation does not need the optimizer state.
         let (dir, ..) = saved(&cfg);
-        fs::remove_file(dir.path().join(OPTIMIZER_FILE)).unwrap();
+        fs::remove_file(files(dir.path()).join(OPTIMIZER_FILE)).unwrap();
         assert!(load_model(dir.path()).is_ok());
     }
 
@@ -516,7 +811,7 @@ mod tests {
         let cfg = tiny_config(ModelKind::Gru, TaskKind::Adding, 4);
         for file in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE] {
             let (dir, ..) = saved(&cfg);
-            let path = dir.path().join(file);
+            let path = files(dir.path()).join(file);
             let bytes = fs::read(&path).unwrap();
             fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
             expect_checkpoint_error(load(dir.path()), file, "truncated");
@@ -528,7 +823,7 @@ mod tests {
             expect_checkpoint_error(load(dir.path()), file, "CRC32");
         }
         let (dir, ..) = saved(&cfg);
-        fs::write(dir.path().join(STATE_FILE), "{\"format\": 1, \"ste").unwrap();
+        fs::write(files(dir.path()).join(STATE_FILE), "{\"format\": 1, \"ste").unwrap();
         expect_checkpoint_error(load(dir.path()), STATE_FILE, "corrupt or truncated");
     }
 
@@ -536,7 +831,7 @@ mod tests {
     fn truncated_safetensors_behind_a_matching_checksum() {
         let cfg = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
         let (dir, ..) = saved(&cfg);
-        let path = dir.path().join(MODEL_FILE);
+        let path = files(dir.path()).join(MODEL_FILE);
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 8]).unwrap();
         reseal(dir.path());
@@ -550,7 +845,7 @@ mod tests {
     fn missing_extra_and_misshapen_tensors() {
         let cfg = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
         let (dir, network, ..) = saved(&cfg);
-        let path = dir.path().join(MODEL_FILE);
+        let path = files(dir.path()).join(MODEL_FILE);
         let all = module_tensors(&network);
 
         let without_head: NamedTensors = all.iter().filter(|t| t.0 != "head.bias").cloned().collect();
@@ -584,7 +879,7 @@ mod tests {
         let small = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
         let (dir, ..) = saved(&small);
         let large = tiny_config(ModelKind::Lstm, TaskKind::Adding, 6);
-        fs::write(dir.path().join(CONFIG_FILE), large.to_toml()).unwrap();
+        fs::write(files(dir.path()).join(CONFIG_FILE), large.to_toml()).unwrap();
         reseal(dir.path());
         expect_checkpoint_error(load(dir.path()), MODEL_FILE, "expects [24, 2]");
     }
@@ -593,7 +888,7 @@ mod tests {
     fn edited_config_is_reported_by_its_checksum_then_by_its_content() {
         let cfg = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
         let (dir, ..) = saved(&cfg);
-        let path = dir.path().join(CONFIG_FILE);
+        let path = files(dir.path()).join(CONFIG_FILE);
         fs::write(&path, "[model]\nhiden = 3\n").unwrap();
         expect_checkpoint_error(load(dir.path()), CONFIG_FILE, "state.json records");
         reseal(dir.path());
@@ -604,9 +899,9 @@ mod tests {
     fn newer_format_is_refused() {
         let cfg = tiny_config(ModelKind::Lstm, TaskKind::Adding, 4);
         let (dir, ..) = saved(&cfg);
-        let mut state = read_state(dir.path()).unwrap();
+        let mut state = read_state(&files(dir.path())).unwrap();
         state.format = FORMAT_VERSION + 1;
-        write_state(dir.path(), &state).unwrap();
+        write_state(&files(dir.path()), &state).unwrap();
         expect_checkpoint_error(load(dir.path()), STATE_FILE, "reads format");
     }
 

@@ -195,6 +195,18 @@ impl TaskKind {
         matches!(self, TaskKind::Digits | TaskKind::Smnist | TaskKind::Forecast | TaskKind::Charlm)
     }
 
+    /// Whether the task's targets are per-step causal predictions: a target at (some or all) steps that the model
+    /// must produce from the inputs up to that step only, as in next-token prediction (charlm, duplicate) and the
+    /// recall steps of copy and selective copy. A bidirectional model reads the whole sequence at every step, so on
+    /// such a task it sees the answer; [`RunConfig::validate`] refuses the pair. Tasks with one prediction per
+    /// sequence (adding, digits, smnist, forecast, listops) may read it in both directions.
+    pub fn has_causal_targets(self) -> bool {
+        match self {
+            TaskKind::Copy | TaskKind::Charlm | TaskKind::SelectiveCopy | TaskKind::Duplicate => true,
+            TaskKind::Adding | TaskKind::Digits | TaskKind::Smnist | TaskKind::Forecast | TaskKind::Listops => false,
+        }
+    }
+
     /// The sequence length fixed by the task's data: 64 pixels for digits, 784 for smnist; `None` when
     /// [`TaskConfig::seq_len`] is free.
     pub fn fixed_seq_len(self) -> Option<usize> {
@@ -417,6 +429,27 @@ impl ModelConfig {
 
     /// Checks the ranges of every field.
     pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            ("hidden", self.hidden),
+            ("layers", self.layers),
+            ("embed_dim", self.embed_dim.unwrap_or(0)),
+            ("kernel_size", self.kernel_size),
+            ("levels", self.levels.unwrap_or(0)),
+            ("heads", self.heads),
+            ("d_ff", self.d_ff.unwrap_or(0)),
+            ("max_len", self.max_len),
+            ("features", self.features.unwrap_or(0)),
+            ("d_state", self.d_state),
+            ("expand", self.expand),
+            ("d_conv", self.d_conv),
+            ("bucket_size", self.bucket_size.unwrap_or(0)),
+            ("n_hashes", self.n_hashes),
+            ("ff_chunks", self.ff_chunks),
+        ];
+        for (name, value) in sizes {
+            check_toml_int("model", name, value as u64)?;
+        }
+        check_toml_int("model", "redraw_every", self.redraw_every)?;
         if self.hidden == 0 {
             return Err(Error::config("model.hidden must be at least 1"));
         }
@@ -577,9 +610,18 @@ impl TaskConfig {
         }
     }
 
+    /// Whether this task's targets are per-step causal predictions that a bidirectional model must not see
+    /// ([`TaskKind::has_causal_targets`]); a task whose labelling is configured answers from its config.
+    pub fn has_causal_targets(&self) -> bool {
+        self.kind.has_causal_targets()
+    }
+
     /// Checks the ranges of every field and that the task-specific fields are used with their task only.
     pub fn validate(&self) -> Result<()> {
         let kind = self.kind.name();
+        for (name, value) in [("seq_len", self.seq_len), ("eval_size", self.eval_size), ("horizon", self.horizon)] {
+            check_toml_int("task", name, value as u64)?;
+        }
         if self.seq_len == 0 {
             return Err(Error::config("task.seq_len must be at least 1"));
         }
@@ -736,8 +778,20 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Checks the ranges of every field.
+    /// Checks the ranges of every field: every count fits TOML's signed 64-bit integers, every float is finite and
+    /// in its range.
     pub fn validate(&self) -> Result<()> {
+        let counts = [
+            ("steps", self.steps),
+            ("batch", self.batch as u64),
+            ("warmup_steps", self.warmup_steps),
+            ("seed", self.seed),
+            ("eval_every", self.eval_every),
+            ("checkpoint_every", self.checkpoint_every),
+        ];
+        for (name, value) in counts {
+            check_toml_int("train", name, value)?;
+        }
         if self.batch == 0 {
             return Err(Error::config("train.batch must be at least 1"));
         }
@@ -745,16 +799,28 @@ impl TrainConfig {
             return Err(Error::config(format!("train.lr must be a positive number, got {}", self.lr)));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(Error::config("train.min_lr_ratio must be in [0, 1]"));
+            return Err(Error::config(format!("train.min_lr_ratio must be in [0, 1], got {}", self.min_lr_ratio)));
         }
-        if self.seed > i64::MAX as u64 {
-            return Err(Error::config(format!("train.seed must be at most {} (TOML integers are signed 64-bit)", i64::MAX)));
+        if !(self.clip_norm.is_finite() && self.clip_norm >= 0.0) {
+            return Err(Error::config(format!("train.clip_norm must be a finite number >= 0 (0 disables clipping), got {}", self.clip_norm)));
         }
-        if self.clip_norm < 0.0 || !self.clip_norm.is_finite() {
-            return Err(Error::config("train.clip_norm must be >= 0"));
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::config(format!("train.weight_decay must be a finite number >= 0, got {}", self.weight_decay)));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::config(format!("train.momentum must be in [0, 1), got {}", self.momentum)));
         }
         Ok(())
     }
+}
+
+/// An integer setting must fit TOML's signed 64-bit integers (`config.toml` stores every setting); larger values
+/// are refused when the config is checked, never found out at the first checkpoint.
+fn check_toml_int(section: &str, name: &str, value: u64) -> Result<()> {
+    if value > i64::MAX as u64 {
+        return Err(Error::config(format!("{section}.{name} must be at most {} (config files store signed 64-bit integers), got {value}", i64::MAX)));
+    }
+    Ok(())
 }
 
 /// Everything a run needs; stored as `config.toml` in every checkpoint.
@@ -770,11 +836,22 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// Checks every section.
+    /// Checks every section, then the pairing of model and task: a bidirectional model on a task with per-step
+    /// causal targets ([`TaskConfig::has_causal_targets`]) would see the answer, and is refused.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.train.validate()?;
-        self.task.validate()
+        self.task.validate()?;
+        if self.model.bidirectional && self.task.has_causal_targets() {
+            return Err(Error::config(format!(
+                "model.bidirectional cannot be used with the {} task: its targets are per-step causal predictions (each step's output may \
+                 depend only on the inputs up to it), and a bidirectional {} reads the whole sequence at every step, so it would see the answer; \
+                 drop --bidirectional, or use a task with one prediction per sequence (adding, digits, smnist, forecast, listops)",
+                self.task.kind.name(),
+                self.model.kind.name()
+            )));
+        }
+        Ok(())
     }
 
     /// Reads and validates a TOML (or, by extension `.json`, JSON) config file.

@@ -26,9 +26,15 @@ pub enum Error {
     #[error("data file {}{}: {msg}", .path.display(), .line.map(|l| format!(":{l}")).unwrap_or_default())]
     Data { path: PathBuf, line: Option<usize>, msg: String },
 
-    /// The training loss (or a gradient) became NaN or infinite.
-    #[error("training diverged at step {step}: loss is {loss} (the last good checkpoint is kept; try a lower --lr or gradient clipping)")]
-    NonFinite { step: u64, loss: f32 },
+    /// Training diverged: the loss, a gradient or a weight became NaN or infinite. `what` names the first
+    /// non-finite quantity (the loss, the gradient norm, or a tensor and element).
+    #[error("training diverged at step {step}: {what} (the last good checkpoint is kept; try a lower --lr or gradient clipping)")]
+    NonFinite { step: u64, what: String },
+
+    /// Training was asked to stop (Ctrl-C, SIGTERM) after `step` completed steps; `checkpoint` is where the state
+    /// of that step was saved (`None` when the run writes no checkpoints).
+    #[error("interrupted after step {step}{}", .checkpoint.as_ref().map(|p| format!(": checkpoint saved in {}", p.display())).unwrap_or_else(|| ": no checkpoint directory, nothing saved".into()))]
+    Interrupted { step: u64, checkpoint: Option<PathBuf> },
 
     /// An operating-system I/O error on a named file.
     #[error("I/O error on {}: {source}", .path.display())]

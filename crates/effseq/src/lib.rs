@@ -57,6 +57,7 @@ pub mod layers;
 pub mod linalg;
 pub mod mamba;
 pub mod math;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod param;

@@ -49,6 +49,30 @@ impl Param {
     }
 }
 
+/// A NaN or infinite value found in a named tensor (see [`first_non_finite`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NonFiniteValue {
+    /// The tensor's name, e.g. `rnn.weight_hh_l0` or `exp_avg_sq.head.weight`.
+    pub tensor: String,
+    /// Row-major index of the value.
+    pub index: usize,
+    /// The value (NaN, inf or -inf).
+    pub value: f32,
+}
+
+impl std::fmt::Display for NonFiniteValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "'{}' is {} at element {}", self.tensor, self.value, self.index)
+    }
+}
+
+/// The first NaN or infinite value of `tensors` (name and values), in their order; `None` when all are finite.
+pub fn first_non_finite<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [f32])>) -> Option<NonFiniteValue> {
+    tensors.into_iter().find_map(|(name, values)| {
+        values.iter().position(|v| !v.is_finite()).map(|index| NonFiniteValue { tensor: name.to_string(), index, value: values[index] })
+    })
+}
+
 /// Anything that owns parameters, listed in a fixed order (the optimizer state relies on that order).
 pub trait Module {
     /// Every parameter, in a fixed order.

@@ -20,7 +20,7 @@ use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::model::Network;
 use crate::optim::{clip_grad_norm, learning_rate, Optimizer};
-use crate::param::Module;
+use crate::param::{first_non_finite, Module};
 use crate::rng::{rng_for, streams};
 use crate::tasks::{Evaluation, Task};
 
@@ -60,6 +60,12 @@ pub trait Progress {
     /// its final evaluation and checkpoint as at a normal end. Default: never (a time budget or an interruption
     /// of `effseq compare` uses it).
     fn should_stop(&mut self) -> bool {
+        false
+    }
+    /// Asked before every step and once the steps are done: `true` (Ctrl-C, SIGTERM) ends [`Trainer::run_to`] at
+    /// once, without the final evaluation: the checkpoint of the steps completed so far is written and the run
+    /// returns [`Error::Interrupted`]. Default: never.
+    fn interrupted(&mut self) -> bool {
         false
     }
 }
@@ -114,6 +120,8 @@ pub struct Trainer {
     recent: VecDeque<f32>,
     /// Where checkpoints go; `None` writes none.
     checkpoint_dir: Option<PathBuf>,
+    /// The step of the last checkpoint this trainer wrote (an interruption right after it writes no second copy).
+    saved_step: Option<u64>,
 }
 
 impl Trainer {
@@ -124,7 +132,7 @@ impl Trainer {
         let network = Network::new(&config.model, task.io(), config.train.seed)?;
         let optimizer = Optimizer::new(&config.train, &network.params());
         let state = TrainState { seed: config.train.seed, metric_name: Some(task.metric_name().to_string()), ..TrainState::default() };
-        Ok(Trainer { config, task, network, optimizer, state, recent: VecDeque::new(), checkpoint_dir: None })
+        Ok(Trainer { config, task, network, optimizer, state, recent: VecDeque::new(), checkpoint_dir: None, saved_step: None })
     }
 
     /// Continues the run of a loaded checkpoint. To train further than the original `train.steps`, raise
@@ -134,7 +142,7 @@ impl Trainer {
         config.validate()?;
         let task = Task::new(&config.task, config.train.seed)?;
         let recent = state.recent_losses.iter().copied().collect();
-        Ok(Trainer { config, task, network, optimizer, state, recent, checkpoint_dir: None })
+        Ok(Trainer { config, task, network, optimizer, state, recent, checkpoint_dir: None, saved_step: None })
     }
 
     /// Writes periodic and final checkpoints to `dir` (replacing the checkpoint there each time).
@@ -176,9 +184,12 @@ impl Trainer {
     /// Trains up to `end` completed steps (at most `config.train.steps`; the schedule stays that of the full
     /// run), then evaluates and writes a checkpoint, so that a later [`Trainer::resume`] continues exactly.
     ///
-    /// A NaN or infinite loss or gradient norm stops the run with [`Error::NonFinite`] before the update, and
-    /// without writing a checkpoint, so the last good one on disk is kept. When [`Progress::should_stop`] says so
-    /// the run ends after that step instead of at `end` (the summary counts the steps done).
+    /// A NaN or infinite loss or gradient norm stops the run with [`Error::NonFinite`] before the update, and a
+    /// weight that the update made NaN or infinite stops it right after; either way without writing a checkpoint,
+    /// so the last good one on disk is kept (a checkpoint is only written with a finite loss and finite weights).
+    /// When [`Progress::should_stop`] says so the run ends after that step instead of at `end` (the summary counts
+    /// the steps done); when [`Progress::interrupted`] says so it writes the checkpoint of the steps done and
+    /// returns [`Error::Interrupted`].
     pub fn run_to(&mut self, end: u64, progress: &mut dyn Progress) -> Result<Summary> {
         let train = self.config.train.clone();
         if end > train.steps {
@@ -189,6 +200,9 @@ impl Trainer {
         let started = Instant::now();
         let mut reached = start;
         for step in start..end {
+            if progress.interrupted() {
+                return Err(self.interrupt(progress));
+            }
             let (loss, grad_norm, lr) = self.train_step(step)?;
             self.state.step = step + 1;
             self.state.optimizer_steps = self.optimizer.steps_taken();
@@ -220,6 +234,9 @@ impl Trainer {
                 }
             }
         }
+        if progress.interrupted() {
+            return Err(self.interrupt(progress));
+        }
         let eval = self.evaluate(progress)?;
         let checkpoint = self.save_checkpoint(progress)?;
         let wall_time_s = started.elapsed().as_secs_f64();
@@ -249,17 +266,36 @@ impl Trainer {
         let outputs = self.network.forward_padded(&batch.inputs, batch.batch, batch.seq_len, batch.lengths.as_deref(), Some(&mut dropout_rng))?;
         let (loss, doutputs) = self.task.loss(&outputs, &batch)?;
         if !loss.is_finite() {
-            return Err(Error::NonFinite { step, loss });
+            return Err(Error::NonFinite { step, what: format!("the training loss is {loss}") });
         }
         self.network.backward(&doutputs)?;
         let mut params = self.network.params_mut();
         let grad_norm = clip_grad_norm(&mut params, train.clip_norm);
         if !grad_norm.is_finite() {
-            return Err(Error::NonFinite { step, loss });
+            let first = first_non_finite(params.iter().map(|p| (p.name.as_str(), p.grad.as_slice())));
+            let which = first.map(|bad| format!("; first non-finite gradient: {bad}")).unwrap_or_default();
+            return Err(Error::NonFinite { step, what: format!("the gradient norm is {grad_norm} (loss {loss}){which}") });
         }
         let lr = learning_rate(train, step);
         self.optimizer.step(&mut params, lr)?;
+        // A finite gradient can still push a weight past f32's range (a huge learning rate): caught here, so that no
+        // checkpoint of such weights is ever written.
+        if let Some(bad) = first_non_finite(params.iter().map(|p| (p.name.as_str(), p.value.as_slice()))) {
+            return Err(Error::NonFinite { step, what: format!("weight {bad} after the update (loss {loss}, gradient norm {grad_norm}, lr {lr})") });
+        }
         Ok((loss, grad_norm, lr))
+    }
+
+    /// Ends an interrupted run: writes the checkpoint of the steps completed (if a directory is set) and returns the
+    /// [`Error::Interrupted`] that says where, or the error that prevented the save.
+    fn interrupt(&mut self, progress: &mut dyn Progress) -> Error {
+        if self.saved_step == Some(self.state.step) {
+            return Error::Interrupted { step: self.state.step, checkpoint: self.checkpoint_dir.clone() };
+        }
+        match self.save_checkpoint(progress) {
+            Ok(checkpoint) => Error::Interrupted { step: self.state.step, checkpoint },
+            Err(e) => e,
+        }
     }
 
     /// Evaluates on the task's evaluation set and records the metric.
@@ -285,13 +321,32 @@ impl Trainer {
         (self.recent.iter().map(|&l| f64::from(l)).sum::<f64>() / self.recent.len() as f64) as f32
     }
 
+    /// A checkpoint counts as good only if its weights are finite (checked after every update and by
+    /// [`checkpoint::save`]) and give a finite loss. The losses seen so far were computed with the weights before
+    /// each update, so the weights to be saved are run forward (inference, no dropout, nothing kept) on the next
+    /// training batch, a function of the step only: a run whose weights have grown so large that their outputs
+    /// overflow stops here with [`Error::NonFinite`] and the previous checkpoint stays the current one.
+    fn check_weights_give_a_finite_loss(&mut self) -> Result<()> {
+        let step = self.state.step;
+        let batch = self.task.train_batch(step, self.config.train.batch);
+        let outputs = self.network.predict_padded(&batch.inputs, batch.batch, batch.seq_len, batch.lengths.as_deref())?;
+        let (loss, _) = self.task.loss(&outputs, &batch)?;
+        if loss.is_finite() {
+            Ok(())
+        } else {
+            Err(Error::NonFinite { step, what: format!("the weights after step {step} give a loss of {loss} on the next batch, so they were not saved") })
+        }
+    }
+
     /// Writes the checkpoint of the current step, if a directory is set; returns it.
     fn save_checkpoint(&mut self, progress: &mut dyn Progress) -> Result<Option<PathBuf>> {
         let Some(dir) = self.checkpoint_dir.clone() else {
             return Ok(None);
         };
         self.state.recent_losses = self.recent.iter().copied().collect();
+        self.check_weights_give_a_finite_loss()?;
         checkpoint::save(&dir, &self.config, &self.network, &self.optimizer, &self.state)?;
+        self.saved_step = Some(self.state.step);
         progress.on_checkpoint(self.state.step, &dir);
         Ok(Some(dir))
     }
@@ -404,22 +459,86 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = tiny(ModelKind::Gru, TaskKind::Adding, 10);
         Trainer::new(cfg.clone()).unwrap().with_checkpoint_dir(dir.path()).run_to(5, &mut Silent).unwrap();
-        let saved = std::fs::read(dir.path().join(checkpoint::MODEL_FILE)).unwrap();
+        let model_file = || checkpoint::resolve(dir.path()).unwrap().join(checkpoint::MODEL_FILE);
+        let saved = std::fs::read(model_file()).unwrap();
 
         let mut trainer = Trainer::resume(checkpoint::load(dir.path()).unwrap()).unwrap().with_checkpoint_dir(dir.path());
         trainer.network_mut().params_mut()[0].value[0] = f32::NAN;
         match trainer.run(&mut Silent) {
-            Err(Error::NonFinite { step, loss }) => assert_eq!(step, 5, "loss {loss}"),
+            Err(Error::NonFinite { step, what }) => assert_eq!((step, what.as_str()), (5, "the training loss is NaN")),
             other => panic!("expected NonFinite, got {other:?}"),
         }
-        assert_eq!(std::fs::read(dir.path().join(checkpoint::MODEL_FILE)).unwrap(), saved);
+        assert_eq!(std::fs::read(model_file()).unwrap(), saved);
         assert_eq!(checkpoint::load(dir.path()).unwrap().state.step, 5);
     }
 
-    /// Asks to stop once `after` steps are done.
+    #[test]
+    fn weights_made_infinite_by_an_update_stop_the_run_before_any_checkpoint() {
+        // SGD with an L2 term of 1e36 and the largest finite learning rate: the loss of step 0 is finite, the update
+        // sends weights past f32's range.
+        let mut cfg = tiny(ModelKind::Mamba, TaskKind::Adding, 10);
+        cfg.model.dropout = 0.0;
+        cfg.train.optimizer = crate::config::OptimizerKind::Sgd;
+        cfg.train.lr = f32::MAX;
+        cfg.train.weight_decay = 1e36;
+        cfg.train.clip_norm = 0.0;
+        cfg.train.checkpoint_every = 1;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let mut rec = Record::default();
+        match Trainer::new(cfg).unwrap().with_checkpoint_dir(&out).run(&mut rec) {
+            Err(Error::NonFinite { step: 0, what }) => {
+                assert!(what.starts_with("weight '") && what.contains("after the update") && what.contains("loss "), "{what}");
+            }
+            other => panic!("expected NonFinite at step 0, got {other:?}"),
+        }
+        assert!(rec.losses.is_empty() && rec.checkpoints.is_empty(), "the step is not reported, nothing is saved");
+        assert!(!checkpoint::exists(&out));
+    }
+
+    #[test]
+    fn an_interrupted_run_saves_its_step_and_resumes_bit_for_bit() {
+        let cfg = tiny(ModelKind::Gru, TaskKind::Copy, 12);
+        let mut straight = Record::default();
+        Trainer::new(cfg.clone()).unwrap().run(&mut straight).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = StopAfter { after: 7, record: Record::default(), interrupt: true };
+        match Trainer::new(cfg).unwrap().with_checkpoint_dir(dir.path()).run(&mut first) {
+            Err(Error::Interrupted { step: 7, checkpoint: Some(saved) }) => assert_eq!(saved, dir.path()),
+            other => panic!("expected an interruption at step 7, got {other:?}"),
+        }
+        // The periodic checkpoint of step 5, then the interruption's of step 7; no final evaluation.
+        assert_eq!((first.record.checkpoints.as_slice(), first.record.evals.as_slice()), (&[5, 7][..], &[4][..]));
+        let loaded = checkpoint::load(dir.path()).unwrap();
+        assert_eq!(loaded.state.step, 7);
+        let mut second = Record::default();
+        Trainer::resume(loaded).unwrap().run(&mut second).unwrap();
+        let joined: Vec<u32> = first.record.losses.iter().chain(&second.losses).map(|l| l.to_bits()).collect();
+        assert_eq!(joined, straight.losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn weights_whose_outputs_overflow_are_not_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::new(tiny(ModelKind::Lstm, TaskKind::Adding, 10)).unwrap().with_checkpoint_dir(dir.path());
+        trainer.run_to(2, &mut Silent).unwrap();
+        // Finite weights, but predictions of about 1e30 whose squared error overflows f32.
+        for p in trainer.network_mut().params_mut().into_iter().filter(|p| p.name.starts_with("head.")) {
+            p.value.iter_mut().for_each(|v| *v = 1e30);
+        }
+        match trainer.save_checkpoint(&mut Silent) {
+            Err(Error::NonFinite { step: 2, what }) => assert!(what.contains("give a loss of inf on the next batch"), "{what}"),
+            other => panic!("expected NonFinite, got {other:?}"),
+        }
+        assert_eq!(checkpoint::load(dir.path()).unwrap().state.step, 2, "the checkpoint of step 2 written by run_to stays current");
+    }
+
+    /// Asks to stop (or, with `interrupt`, reports an interruption such as Ctrl-C) once `after` steps are done.
     struct StopAfter {
         after: u64,
         record: Record,
+        interrupt: bool,
     }
 
     impl Progress for StopAfter {
@@ -429,14 +548,20 @@ mod tests {
         fn on_eval(&mut self, step: u64, eval: &Evaluation) {
             self.record.on_eval(step, eval);
         }
+        fn on_checkpoint(&mut self, step: u64, dir: &Path) {
+            self.record.on_checkpoint(step, dir);
+        }
         fn should_stop(&mut self) -> bool {
-            self.record.losses.len() as u64 >= self.after
+            !self.interrupt && self.record.losses.len() as u64 >= self.after
+        }
+        fn interrupted(&mut self) -> bool {
+            self.interrupt && self.record.losses.len() as u64 >= self.after
         }
     }
 
     #[test]
     fn should_stop_ends_the_run_early_with_a_final_evaluation() {
-        let mut progress = StopAfter { after: 3, record: Record::default() };
+        let mut progress = StopAfter { after: 3, record: Record::default(), interrupt: false };
         let summary = Trainer::new(tiny(ModelKind::Lstm, TaskKind::Adding, 10)).unwrap().run(&mut progress).unwrap();
         assert_eq!((summary.steps, summary.steps_this_run), (3, 3));
         assert_eq!(progress.record.losses.len(), 3);

@@ -113,7 +113,7 @@ fn permuted_mnist_checkpoint_keeps_its_permutation() {
     let summary = Trainer::new(cfg).unwrap().with_checkpoint_dir(dir.path()).run(&mut Silent).unwrap();
     assert_eq!((summary.eval.metric_name, summary.eval.sequences), ("accuracy", 2000));
 
-    let text = std::fs::read_to_string(dir.path().join(checkpoint::CONFIG_FILE)).unwrap();
+    let text = std::fs::read_to_string(checkpoint::resolve(dir.path()).unwrap().join(checkpoint::CONFIG_FILE)).unwrap();
     assert!(text.contains("kind = \"smnist\"") && text.contains("permute_seed = 5") && text.contains("seq_len = 784"), "{text}");
     let (saved, mut network, state) = checkpoint::load_model(dir.path()).unwrap();
     assert_eq!((saved.task.permute_seed, state.step), (Some(5), 3));

@@ -47,11 +47,22 @@ pub fn read_csv(path: &Path, has_header: bool) -> Result<Csv> {
     parse_csv(&read_text(path)?, path, has_header)
 }
 
+/// [`read_csv`] of a file whose every line must have `columns` fields: the first line that has another number is
+/// the one named (without it, a wrong first line would be reported as the second).
+pub fn read_csv_columns(path: &Path, has_header: bool, columns: usize) -> Result<Csv> {
+    parse_csv_columns(&read_text(path)?, path, has_header, Some(columns))
+}
+
 /// [`read_csv`] on text already in memory; `path` names it in errors.
 pub fn parse_csv(text: &str, path: &Path, has_header: bool) -> Result<Csv> {
+    parse_csv_columns(text, path, has_header, None)
+}
+
+/// [`parse_csv`], with every line held to `expected` columns when given (else to the first line's count).
+fn parse_csv_columns(text: &str, path: &Path, has_header: bool, expected: Option<usize>) -> Result<Csv> {
     let mut header = None;
     let mut rows = Vec::new();
-    let mut columns = None;
+    let mut columns = expected;
     for (index, line) in text.lines().enumerate() {
         let line_no = index + 1;
         let line = line.trim_end_matches('\r');
@@ -131,6 +142,13 @@ mod tests {
         assert!(matches!(csv.column_index("nope"), Err(Error::Data { line: Some(1), .. })));
         assert_eq!(csv.parse::<i32>(&csv.rows[0], 0, "a year").unwrap(), 1700);
         assert_eq!(csv.parse_optional_f32(&csv.rows[1], 1).unwrap(), Some(11.5));
+    }
+
+    #[test]
+    fn a_known_column_count_names_a_wrong_first_line() {
+        let err = parse_csv_columns("1,2\n1,2,3\n4,5,6\n", Path::new("t.csv"), false, Some(3)).unwrap_err();
+        assert!(matches!(&err, Error::Data { line: Some(1), .. }), "{err:?}");
+        assert!(err.to_string().contains("expected 3 comma-separated columns, found 2"), "{err}");
     }
 
     #[test]

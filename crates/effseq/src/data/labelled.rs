@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 
-use crate::data::csv::read_csv;
+use crate::data::csv::read_csv_columns;
 use crate::data::idx::{read_idx, IMAGES_MAGIC, LABELS_MAGIC};
 use crate::data::{data_error, shuffled_split, EpochSampler, Split};
 use crate::error::{Error, Result};
@@ -86,10 +86,8 @@ impl Labelled {
 /// or a value out of range is an [`Error::Data`] with its line number.
 pub fn load_digits(path: &Path) -> Result<Labelled> {
     const PIXELS: usize = 64;
-    let csv = read_csv(path, false)?;
-    if csv.columns != PIXELS + 1 {
-        return Err(data_error(path, Some(csv.rows[0].line), format!("expected {} columns (64 pixels and a label), found {}", PIXELS + 1, csv.columns)));
-    }
+    // Every line is held to 65 columns, so that a wrong first line is the one named.
+    let csv = read_csv_columns(path, false, PIXELS + 1)?;
     let mut pixels = Vec::with_capacity(csv.rows.len() * PIXELS); // (N, 64)
     let mut labels = Vec::with_capacity(csv.rows.len()); // (N)
     for row in &csv.rows {
@@ -367,7 +365,14 @@ mod tests {
         let bad_pixel = write("pixel.csv", &good_row(1).replacen('3', "17", 1));
         assert!(matches!(load_digits(&bad_pixel), Err(Error::Data { line: Some(1), .. })));
         let narrow = write("narrow.csv", "1,2,3\n");
-        assert!(load_digits(&narrow).unwrap_err().to_string().contains("expected 65 columns"));
+        assert!(load_digits(&narrow).unwrap_err().to_string().contains("expected 65 comma-separated columns"));
+        // A short first line is the one named, not the good second line.
+        let short_first = write("short_first.csv", &format!("1,2,3\n{}", good_row(1)));
+        assert!(matches!(load_digits(&short_first), Err(Error::Data { line: Some(1), .. })));
+        // Too few images for a train/test split is a problem of the file (exit 3), not of the config.
+        let one = write("one.csv", &good_row(4));
+        let err = crate::tasks::digits::Digits::from_file(&one, 0).unwrap_err();
+        assert!(matches!(&err, Error::Data { path, .. } if path == &one), "{err:?}");
     }
 
     #[test]

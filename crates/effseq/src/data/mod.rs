@@ -69,6 +69,15 @@ pub fn data_error(path: &Path, line: Option<usize>, msg: impl Into<String>) -> E
     Error::Data { path: path.to_path_buf(), line, msg: msg.into() }
 }
 
+/// A problem found in the contents of the data file `path` (too few examples for a split, an unexpected image
+/// size): reported as an [`Error::Data`] naming the file, not as a config error, whatever layer found it.
+pub fn as_data_error(err: Error, path: &Path) -> Error {
+    match err {
+        Error::Config { msg, .. } | Error::Invalid(msg) => data_error(path, None, msg),
+        other => other,
+    }
+}
+
 /// The bytes of `path`, gunzipped when its name ends in `.gz`.
 ///
 /// A missing file, an unreadable one, a `.gz` file without the gzip magic and a truncated or corrupt gzip

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use crate::data::labelled::{load_digits, Labelled, PixelClassification, CLASSES};
-use crate::data::{data_path, Split, DIGITS_FILE};
+use crate::data::{as_data_error, data_path, Split, DIGITS_FILE};
 use crate::error::{check_len, Result};
 use crate::layers::loss::CrossEntropyOut;
 use crate::tasks::{Batch, InputKind, Readout, TaskIo};
@@ -38,7 +38,7 @@ impl Digits {
 
     /// The task on a digits CSV at `path` (64 pixels in `0..=16` and a label a line, optionally gzipped).
     pub fn from_file(path: &Path, seed: u64) -> Result<Self> {
-        Self::from_labelled(load_digits(path)?, seed)
+        Self::from_labelled(load_digits(path)?, seed).map_err(|e| as_data_error(e, path))
     }
 
     /// The task on images already loaded; [`TEST_PERCENT`] of them (at least one) form the test split.

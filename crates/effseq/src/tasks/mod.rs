@@ -135,7 +135,9 @@ impl Task {
         };
         if let (Some(fixed), Some(found)) = (cfg.kind.fixed_seq_len(), task.fixed_data_seq_len()) {
             if fixed != found {
-                return Err(Error::config(format!("the {} data has {found} pixels per image, the task expects {fixed}", cfg.kind.name())));
+                let file = if cfg.kind == TaskKind::Digits { crate::data::DIGITS_FILE } else { crate::data::MNIST_IMAGES_FILE };
+                let msg = format!("the {} data has {found} pixels per image, the task expects {fixed}", cfg.kind.name());
+                return Err(crate::data::data_error(&crate::data::data_path(file), None, msg));
             }
         }
         Ok(task)

@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use crate::data::labelled::{load_mnist, Labelled, PixelClassification, CLASSES};
-use crate::data::{data_path, Split, MNIST_IMAGES_FILE, MNIST_LABELS_FILE};
+use crate::data::{as_data_error, data_path, Split, MNIST_IMAGES_FILE, MNIST_LABELS_FILE};
 use crate::error::{check_len, Result};
 use crate::layers::loss::CrossEntropyOut;
 use crate::tasks::{Batch, InputKind, Readout, TaskIo};
@@ -43,7 +43,7 @@ impl Smnist {
 
     /// The task on IDX files (images magic 2051, labels magic 2049, optionally gzipped).
     pub fn from_files(images: &Path, labels: &Path, permute_seed: Option<u64>, seed: u64) -> Result<Self> {
-        Self::from_labelled(load_mnist(images, labels)?, permute_seed, seed)
+        Self::from_labelled(load_mnist(images, labels)?, permute_seed, seed).map_err(|e| as_data_error(e, images))
     }
 
     /// The task on images already loaded; [`TEST_PERCENT`] of them (at least one) form the test split.
