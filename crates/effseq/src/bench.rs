@@ -540,13 +540,17 @@ mod tests {
             modes: BenchMode::ALL.to_vec(),
             repeats: 1,
             memory_limit_bytes: 1 << 30,
+            budget_secs: 2.0,
             ..Default::default()
         };
         let recs = run(&cfg, |_, _, _| {}).unwrap();
         for r in &recs {
             if r.model == "lstm" && r.mode == "step" {
-                // 64 warm-up steps of a fixed-size state, at any context: within both limits, so it is measured.
-                assert!(r.skipped.is_none() && r.step_us.is_some(), "{r:?}");
+                // A fixed-size state fits the memory limit at any context, but filling it to the context (the step
+                // is timed at the context it reports) outlasts the time budget: stopped while running at 10^7, and
+                // estimated past it (from the rate measured there) at 2^51.
+                let why = r.skipped.as_deref().unwrap_or_else(|| panic!("must be skipped: {r:?}"));
+                assert!(why.contains("time budget"), "{r:?}");
                 continue;
             }
             let why = r.skipped.as_deref().unwrap_or_else(|| panic!("must be skipped: {r:?}"));
