@@ -282,6 +282,11 @@ impl Trainer {
         Ok(eval)
     }
 
+    /// The custom task with a test file: the model scored on it; `None` for every other task.
+    pub fn evaluate_test(&mut self) -> Result<Option<Evaluation>> {
+        self.task.evaluate_test(&mut self.network)
+    }
+
     /// Mean of the recent training losses (NaN when none).
     fn mean_recent_loss(&self) -> f32 {
         if self.recent.is_empty() {

@@ -56,8 +56,7 @@ fn classification_from_a_wide_csv_is_inferred_split_and_standardised() {
 #[test]
 fn the_resolved_config_survives_toml_and_rebuilds_the_same_task() {
     let dir = tempfile::tempdir().unwrap();
-    let mut run = RunConfig::default();
-    run.task = task_config(dir.path(), "sign.csv", &sign_csv(30, 2), CustomConfig::default());
+    let mut run = RunConfig { task: task_config(dir.path(), "sign.csv", &sign_csv(30, 2), CustomConfig::default()), ..Default::default() };
     let task = Task::prepare(&mut run.task, 0).unwrap();
     let text = run.to_toml();
     assert!(text.contains("[task.custom]") && text.contains("x_mean"), "{text}");
@@ -170,9 +169,11 @@ fn validation_data_is_checked_against_the_training_classes_and_tokens() {
 fn a_short_run_learns_variable_length_classification() {
     // Every architecture trains on padded batches of its own sequences; a GRU learns the sign task well.
     let dir = tempfile::tempdir().unwrap();
-    let mut run = RunConfig::default();
-    run.task = task_config(dir.path(), "sign.csv", &sign_csv(300, 5), CustomConfig::default());
-    run.model = crate::config::ModelConfig { kind: ModelKind::Gru, hidden: 16, bidirectional: true, ..Default::default() };
+    let mut run = RunConfig {
+        task: task_config(dir.path(), "sign.csv", &sign_csv(300, 5), CustomConfig::default()),
+        model: crate::config::ModelConfig { kind: ModelKind::Gru, hidden: 16, bidirectional: true, ..Default::default() },
+        ..Default::default()
+    };
     run.train.steps = 150;
     run.train.batch = 16;
     run.train.lr = 1e-2;
