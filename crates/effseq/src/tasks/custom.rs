@@ -245,9 +245,10 @@ impl Custom {
         (self.train.len(), self.valid.len(), self.test.as_ref().map(Sequences::len))
     }
 
-    /// Shortest and longest training sequence.
+    /// Shortest and longest sequence of every split.
     pub fn length_range(&self) -> (usize, usize) {
-        (self.train.lens.iter().copied().min().unwrap_or(0), self.train.lens.iter().copied().max().unwrap_or(0))
+        let all = || self.train.lens.iter().chain(&self.valid.lens).chain(self.test.iter().flat_map(|t| &t.lens)).copied();
+        (all().min().unwrap_or(0), all().max().unwrap_or(0))
     }
 
     /// The validation sequences, the evaluation set.

@@ -37,7 +37,8 @@ fn classification_from_a_wide_csv_is_inferred_split_and_standardised() {
     assert_eq!((c.kind, c.layout, c.header, c.features), (Some(CustomKind::Classification), Some(CsvLayout::Wide), Some(false), 1));
     assert_eq!(c.classes, ["down", "up"], "names sorted");
     assert_eq!(task.sizes(), (40, 10, None), "a seeded 20% validation split");
-    assert_eq!(cfg.seq_len, task.length_range().1);
+    assert_eq!(cfg.seq_len, *task.train.lens.iter().max().unwrap());
+    assert_eq!(task.length_range(), (3, 8));
     // The statistics are the training split's: its standardised steps have mean 0 and variance 1.
     assert!((c.x_mean[0] - 3.0).abs() < 0.2 && (c.x_std[0] - 0.58).abs() < 0.1, "{:?} {:?}", c.x_mean, c.x_std);
     let x = &task.train.x;
