@@ -878,7 +878,7 @@ impl TaskConfig {
         }
         if self.kind != TaskKind::Forecast {
             if self.horizon != 1 && !custom_forecast {
-                return Err(Error::config(format!("task.horizon applies to the forecast tasks only (forecast, custom --kind forecast), not to {kind}")));
+                return Err(Error::config(format!("task.horizon applies to the forecast task only (or a custom --kind forecast), not to {kind}")));
             }
             if self.series != SeriesKind::Sunspots {
                 return Err(Error::config(format!("task.series applies to the forecast task only, not to {kind}")));

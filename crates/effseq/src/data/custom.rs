@@ -767,6 +767,8 @@ impl Array {
     /// Opens the array stored in `input` (the whole `.npy` file, or the archive entry `name` of an `.npz`).
     fn open(input: &Input, format: DataFormat, name: &str, progress: Option<Arc<AtomicU64>>) -> Result<Option<Array>> {
         let path = input.path();
+        // Bytes the array's header and data can occupy: the file, or the archive entry's uncompressed size.
+        let mut available = input.len()?;
         let raw: Box<dyn Read + Send> = match format {
             DataFormat::Npz => {
                 let mut archive = zip::ZipArchive::new(input.open()?).map_err(|e| data_error(path, None, format!("not a valid .npz (zip) archive: {e}")))?;
@@ -776,6 +778,7 @@ impl Array {
                     Err(e) => return Err(data_error(path, None, format!("array '{name}': {e}"))),
                 };
                 let (start, size, method) = (entry.data_start(), entry.compressed_size(), entry.compression());
+                available = entry.size();
                 drop(entry);
                 // Reopen the file at the entry's data, so the stream owns its reader (no borrow of the archive).
                 let mut file = input.open()?;
@@ -801,6 +804,16 @@ impl Array {
         }
         let shape: Vec<usize> = file.shape().iter().map(|&s| usize::try_from(s).unwrap_or(usize::MAX)).collect();
         let dtype = file.dtype();
+        // A header may claim any shape: check it against the bytes there are before reading (or allocating) anything.
+        let item = dtype.num_bytes().unwrap_or(1) as u64;
+        let need = shape.iter().try_fold(item, |n, &s| n.checked_mul(s as u64));
+        if need.is_none_or(|n| n > available) {
+            return Err(data_error(
+                path,
+                None,
+                format!("array '{name}' claims shape {shape:?} of {}-byte elements, more data than the {available} bytes it has (truncated or corrupt)", item),
+            ));
+        }
         let type_char = match &dtype {
             npyz::DType::Plain(ts) => Some(ts.type_char()),
             _ => None,

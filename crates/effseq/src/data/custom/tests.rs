@@ -170,6 +170,10 @@ fn npz_stored_and_deflated_with_lengths_and_per_step_labels() {
     let truncated = npy("<f4", &[2, 2], &f32s(&[1.0, 2.0, 3.0]));
     let err = err_text(read_all(&bytes("t.npy", &truncated), DataFormat::Npy, &ReadOptions::default()));
     assert!(err.contains("truncated"), "{err}");
+    // A header may claim any shape: one far larger than the file is an error before anything is allocated.
+    let huge = npy("<f8", &[1 << 20, 1 << 20, 1 << 10], &f32s(&[1.0]));
+    let err = err_text(read_all(&bytes("huge.npy", &huge), DataFormat::Npy, &ReadOptions::default()));
+    assert!(err.contains("claims shape") && err.contains("truncated or corrupt"), "{err}");
     // .npy alone: inputs for predictions.
     let (seqs, _) = read_all(
         &bytes("p.npy", &npy("<f8", &[1, 2], &[1.0f64, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())),
@@ -285,7 +289,7 @@ proptest! {
     }
 
     #[test]
-    fn fuzz_numpy_readers(data in prop::collection::vec(any::<u8>(), 0..300), shape in prop::collection::vec(0usize..4, 1..4), cut in 0usize..200, deflate in any::<bool>()) {
+    fn fuzz_numpy_readers(data in prop::collection::vec(any::<u8>(), 0..300), shape in prop::collection::vec(prop_oneof![0usize..4, Just(usize::MAX / 3), Just(1 << 40)], 1..4), cut in 0usize..200, deflate in any::<bool>()) {
         // Arbitrary bytes, and valid headers with arbitrary (often truncated) data, as .npy and inside .npz.
         read_everything("fuzz.npy", DataFormat::Npy, &data, &ReadOptions::default())?;
         let mut file = npy("<f4", &shape, &data);

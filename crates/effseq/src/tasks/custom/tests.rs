@@ -186,3 +186,32 @@ fn a_short_run_learns_variable_length_classification() {
     assert!(summary.eval.metric > 0.85, "validation accuracy {}", summary.eval.metric);
     assert!(trainer.config().task.custom.as_ref().unwrap().is_resolved(), "the trainer keeps the resolved config for its checkpoints");
 }
+
+#[test]
+fn token_sequences_are_embedded_and_learned() {
+    // Sequences of token ids 0..6 whose class is whether token 5 occurs: a task only the ids (not their scale) tell.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rng_for(8, 0);
+    let text: String = (0..300)
+        .map(|_| {
+            let ids: Vec<u32> = (0..rng.random_range(2..7)).map(|_| rng.random_range(0..6)).collect();
+            format!("{{\"x\": {ids:?}, \"y\": {}}}\n", ids.contains(&5))
+        })
+        .collect();
+    let mut run = RunConfig {
+        task: task_config(dir.path(), "tokens.jsonl", &text, CustomConfig { tokens: true, ..Default::default() }),
+        model: crate::config::ModelConfig { kind: ModelKind::Lstm, hidden: 16, ..Default::default() },
+        ..Default::default()
+    };
+    run.train.steps = 120;
+    run.train.batch = 16;
+    run.train.lr = 1e-2;
+    run.train.warmup_steps = 10;
+    run.train.eval_every = 0;
+    let mut trainer = crate::train::Trainer::new(run).unwrap();
+    let c = trainer.config().task.custom.clone().unwrap();
+    assert_eq!((c.vocab, c.classes.clone(), c.x_mean.is_empty()), (Some(6), vec!["false".to_string(), "true".to_string()], true), "ids are not standardised");
+    assert_eq!(trainer.task().io().input, InputKind::Tokens { vocab: 6 });
+    let summary = trainer.run(&mut crate::train::Silent).unwrap();
+    assert!(summary.eval.metric > 0.85, "validation accuracy {}", summary.eval.metric);
+}
