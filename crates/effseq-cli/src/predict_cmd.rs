@@ -163,7 +163,7 @@ fn progress_bar(total: u64, json: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(10));
-    let style = ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {bytes}/{total_bytes}  {msg}  {bytes_per_sec}  ETA {eta}")
+    let style = ProgressStyle::with_template("{elapsed_precise} [{bar:24}] {bytes}/{total_bytes}  {msg}  ETA {eta}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
     bar.set_style(style);
