@@ -40,6 +40,9 @@ struct EvalJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     n_hashes: Option<usize>,
     eval_metric: f32,
+    /// Custom task with a test file: the metric on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_metric: Option<f32>,
     /// Every field of the evaluation (metric, metric_name, loss, sequences, and recall_loss or forecast).
     #[serde(flatten)]
     eval: &'a Evaluation,
@@ -74,6 +77,7 @@ pub fn run(args: &EvalArgs, json: bool) -> Result<(), CliError> {
             code: exit::DATA,
         });
     }
+    let test = task.evaluate_test(&mut network)?;
     let hashes = args.n_hashes.map(|k| format!(" with {k} hash round{}", if k == 1 { "" } else { "s" })).unwrap_or_default();
     let summary = format!(
         "{}{hashes} on {} after {} steps: {} on {} {}",
@@ -84,6 +88,10 @@ pub fn run(args: &EvalArgs, json: bool) -> Result<(), CliError> {
         eval.sequences,
         sequences_noun(config.task.kind)
     );
+    let summary = match &test {
+        Some(t) => format!("{summary}\ntest: {} on {} test sequences", describe_eval(t).replacen("eval ", "", 1), t.sequences),
+        None => summary,
+    };
     if json {
         eprintln!("{summary}");
         let line = EvalJson {
@@ -95,6 +103,7 @@ pub fn run(args: &EvalArgs, json: bool) -> Result<(), CliError> {
             step: state.step,
             n_hashes: args.n_hashes,
             eval_metric: eval.metric,
+            test_metric: test.as_ref().map(|t| t.metric),
             eval: &eval,
         };
         let text = serde_json::to_string(&line).map_err(|e| CliError { message: format!("cannot write JSON: {e}"), hint: None, code: exit::OTHER })?;

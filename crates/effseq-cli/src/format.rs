@@ -103,7 +103,67 @@ pub fn describe_task(cfg: &RunConfig) -> String {
             t.steps_per_sequence(),
             t.eval_size
         ),
+        TaskKind::Custom => match &t.custom {
+            Some(c) if c.kind == Some(effseq::config::CustomKind::Forecast) => {
+                format!("{name} forecast of {}, window T = {}, horizon {}", c.data.display(), t.seq_len, t.horizon)
+            }
+            Some(c) => format!("{name} {} of {}, T <= {}", c.kind.map_or("(kind to infer)", |k| k.name()), c.data.display(), t.seq_len),
+            None => name.to_string(),
+        },
     }
+}
+
+/// What a custom run read and inferred, for the train header, e.g. `data.csv (csv, wide, no header): 1 feature per
+/// step, 2 classes (down, up) inferred; 240 training and 60 validation sequences of 3..8 steps; inputs standardised`.
+/// `given` is the custom section as the user wrote it, so the fields the run inferred are marked.
+pub fn describe_custom(c: &effseq::tasks::custom::Custom, given: Option<&effseq::config::CustomConfig>) -> String {
+    let cfg = c.config();
+    let inferred = |field: bool| if field { " (inferred)" } else { "" };
+    let format = cfg.format_of(&cfg.data).map(|f| f.name()).unwrap_or("?");
+    let layout = match (cfg.layout, cfg.header) {
+        (Some(l), Some(h)) => {
+            format!(", {} layout{}, {}", l.name(), inferred(given.is_some_and(|g| g.layout.is_none())), if h { "header" } else { "no header" })
+        }
+        _ => String::new(),
+    };
+    let kind = cfg.kind.map_or("?", |k| k.name());
+    let inputs = if cfg.tokens {
+        format!("token ids, vocabulary {}", cfg.vocab.unwrap_or(0))
+    } else if cfg.feature_names.is_empty() {
+        format!("{} feature{} per step", cfg.features, if cfg.features == 1 { "" } else { "s" })
+    } else {
+        format!("{} features per step ({})", cfg.features, cfg.feature_names.join(", "))
+    };
+    let targets = if cfg.classes.is_empty() {
+        let names = if cfg.target_names.is_empty() { String::new() } else { format!(" ({})", cfg.target_names.join(", ")) };
+        format!("{} real target{}{names}", cfg.targets, if cfg.targets == 1 { "" } else { "s" })
+    } else {
+        let shown: Vec<&str> = cfg.classes.iter().take(12).map(String::as_str).collect();
+        format!("{} classes ({}{})", cfg.classes.len(), shown.join(", "), if cfg.classes.len() > 12 { ", ..." } else { "" })
+    };
+    let columns = match (&cfg.layout, cfg.header) {
+        (Some(_), Some(_)) => {
+            let id = cfg.id_column.as_ref().map(|id| format!(", id column {id}")).unwrap_or_default();
+            format!("; label column{} {}{id}", if cfg.y_columns.len() == 1 { "" } else { "s" }, cfg.y_columns.join(", "))
+        }
+        _ => String::new(),
+    };
+    let (train, valid, test) = c.sizes();
+    let (lo, hi) = c.length_range();
+    let noun = if cfg.kind == Some(effseq::config::CustomKind::Forecast) { "windows" } else { "sequences" };
+    let valid_from = match (&cfg.valid, cfg.kind) {
+        (Some(_), _) => String::new(),
+        (None, Some(effseq::config::CustomKind::Forecast)) => format!(" (the last {:.0}%)", 100.0 * cfg.valid_fraction),
+        (None, _) => format!(" (a seeded {:.0}% split)", 100.0 * cfg.valid_fraction),
+    };
+    let test = test.map(|n| format!(", {n} test")).unwrap_or_default();
+    let lengths = if lo == hi { format!("{lo} steps") } else { format!("{lo}..{hi} steps") };
+    let normalised = if cfg.x_mean.is_empty() && cfg.y_mean.is_empty() { "not standardised" } else { "standardised with the training statistics" };
+    format!(
+        "{} ({format}{layout}): {kind}{}, {inputs}, {targets}{columns}; {train} training and {valid} validation{valid_from}{test} {noun} of {lengths}; {normalised}",
+        cfg.data.display(),
+        inferred(given.is_some_and(|g| g.kind.is_none())),
+    )
 }
 
 /// The short name of a run's task with its length, e.g. `adding (T = 50)`, `smnist (T = 784, permuted with seed 3)`,
@@ -124,6 +184,7 @@ pub fn sequences_noun(kind: TaskKind) -> &'static str {
         TaskKind::Adding | TaskKind::Copy | TaskKind::Listops | TaskKind::SelectiveCopy | TaskKind::Duplicate => "sequences",
         TaskKind::Digits | TaskKind::Smnist => "test images",
         TaskKind::Forecast | TaskKind::Charlm => "test windows",
+        TaskKind::Custom => "validation sequences",
     }
 }
 
@@ -175,6 +236,9 @@ pub fn describe_train(t: &TrainConfig) -> String {
 /// seasonal naive mse 1180 mae 27.4; beats both baselines)`.
 pub fn describe_eval(e: &Evaluation) -> String {
     let mut s = format!("eval {} {:.5} (loss {:.5}", e.metric_name, e.metric, e.loss);
+    if let Some(mae) = e.mae {
+        s.push_str(&format!(", mae {mae:.5}"));
+    }
     if let Some(r) = e.recall_loss {
         s.push_str(&format!(", recall loss {r:.5}"));
     }

@@ -32,7 +32,11 @@ pub fn run(args: &InfoArgs, json: bool) -> Result<(), CliError> {
                 effseq::Error::Io { source, .. } => CliError::usage(format!("cannot read config file {}: {source}", path.display())),
                 other => other.into(),
             })?;
-            // As `train` would: a TCN without `levels` gets enough to cover the task's sequence.
+            // As `train` would: the custom task reads its training data to resolve its inputs and outputs, and a TCN
+            // without `levels` gets enough to cover the task's sequence.
+            if config.task.kind == effseq::config::TaskKind::Custom {
+                Task::prepare(&mut config.task, config.train.seed)?;
+            }
             let steps = config.task.steps_per_sequence();
             config.model.resolve_for_sequence(steps);
             let network = Network::new(&config.model, Task::io_of(&config.task)?, config.train.seed)?;

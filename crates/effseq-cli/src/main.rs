@@ -13,6 +13,7 @@ mod format;
 mod generate_cmd;
 mod info_cmd;
 mod plot;
+mod predict_cmd;
 mod preflight;
 mod progress;
 mod signals;
@@ -49,6 +50,9 @@ enum Command {
     Train(Box<train_cmd::TrainArgs>),
     /// Evaluate a checkpoint on its task's evaluation set.
     Eval(eval_cmd::EvalArgs),
+    /// Predict new data with a checkpoint of your own data (--task custom): CSV or JSON Lines out, streaming through
+    /// the input in bounded memory.
+    Predict(predict_cmd::PredictArgs),
     /// Show the resolved config and the parameters (per tensor) of a config file or a checkpoint.
     Info(info_cmd::InfoArgs),
     /// Time and memory of each model against sequence length (forward, train, streaming step).
@@ -68,6 +72,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Train(args) => train_cmd::run(&args, cli.json),
         Command::Eval(args) => eval_cmd::run(&args, cli.json),
+        Command::Predict(args) => predict_cmd::run(&args, cli.json),
         Command::Info(args) => info_cmd::run(&args, cli.json),
         Command::Generate(args) => generate_cmd::run(&args, cli.json),
         Command::Compare(args) => compare_cmd::run(&args, cli.json),

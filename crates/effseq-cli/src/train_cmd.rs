@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use effseq::checkpoint;
-use effseq::config::{FeatureKernelKind, ModelKind, Pooling, Positional, RunConfig, TaskConfig, TaskKind};
+use effseq::config::{CsvLayout, CustomKind, DataFormat, FeatureKernelKind, ModelKind, Pooling, Positional, RunConfig, TaskConfig, TaskKind};
 use effseq::memory::{self, MemoryEstimate};
 use effseq::tasks::forecast::{ForecastMetrics, SeriesKind};
 use effseq::tasks::Task;
@@ -14,7 +14,7 @@ use effseq::Module;
 use serde::Serialize;
 
 use crate::failure::CliError;
-use crate::format::{describe_eval, describe_model, describe_task, describe_train, grouped, task_fields, TaskFields};
+use crate::format::{describe_custom, describe_eval, describe_model, describe_task, describe_train, grouped, task_fields, TaskFields};
 use crate::preflight;
 use crate::progress::TrainProgress;
 use crate::signals;
@@ -27,9 +27,58 @@ pub struct TrainArgs {
     /// performer, reformer (LSH attention, reversible layers) or mamba [default: lstm].
     #[arg(long, value_parser = parse_model)]
     pub model: Option<ModelKind>,
-    /// Task: adding, copy, digits, smnist, forecast, charlm, listops, selective-copy or duplicate [default: adding].
+    /// Task: adding, copy, digits, smnist, forecast, charlm, listops, selective-copy, duplicate, or custom (your own
+    /// data, --data FILE) [default: adding; custom with --data].
     #[arg(long, value_parser = parse_task)]
     pub task: Option<TaskKind>,
+    /// Custom task: the training data, CSV (.csv, .tsv, optionally .gz), JSON Lines (.jsonl) or NumPy (.npz with
+    /// arrays x, y and optionally lengths; .npy for a forecast series); implies --task custom.
+    #[arg(long, value_name = "FILE", help_heading = "Your own data (--task custom)")]
+    pub data: Option<PathBuf>,
+    /// Custom task: validation data [default: a seeded --valid-fraction of --data; forecast: its last windows].
+    #[arg(long, value_name = "FILE", help_heading = "Your own data (--task custom)")]
+    pub valid: Option<PathBuf>,
+    /// Custom task: test data, scored once at the end.
+    #[arg(long, value_name = "FILE", help_heading = "Your own data (--task custom)")]
+    pub test: Option<PathBuf>,
+    /// Custom task: share of --data held out for validation without --valid [default: 0.2].
+    #[arg(long, value_name = "X", help_heading = "Your own data (--task custom)")]
+    pub valid_fraction: Option<f32>,
+    /// Custom task: classification, regression, tagging (a label per step) or forecast (windows of one series)
+    /// [default: inferred from the labels; forecast must be asked for].
+    #[arg(long, value_name = "KIND", value_parser = parse_custom_kind, help_heading = "Your own data (--task custom)")]
+    pub kind: Option<CustomKind>,
+    /// Custom task: file format csv, jsonl, npy or npz [default: from the extension].
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format, help_heading = "Your own data (--task custom)")]
+    pub format: Option<DataFormat>,
+    /// Custom task, CSV: wide (a sequence per row), long (a step per row, rows grouped by --id-column) or series
+    /// (one long series, forecast) [default: long with an id column, series for a forecast, wide otherwise].
+    #[arg(long, value_name = "LAYOUT", value_parser = parse_layout, help_heading = "Your own data (--task custom)")]
+    pub layout: Option<CsvLayout>,
+    /// Custom task, CSV: the feature columns, by name or 1-based number [default: every column but the id, label and
+    /// time columns].
+    #[arg(long, value_name = "A,B,..", value_delimiter = ',', help_heading = "Your own data (--task custom)")]
+    pub x_columns: Vec<String>,
+    /// Custom task, CSV: the label column(s); forecast: the target column(s) [default: a column named label, y,
+    /// target or class, else the first (wide) or last (long) column; forecast: every feature].
+    #[arg(long = "y-column", value_name = "A,B,..", value_delimiter = ',', help_heading = "Your own data (--task custom)")]
+    pub y_columns: Vec<String>,
+    /// Custom task, CSV long layout: the column naming each row's sequence [default: id, sequence_id, series_id or
+    /// sequence].
+    #[arg(long, value_name = "COLUMN", help_heading = "Your own data (--task custom)")]
+    pub id_column: Option<String>,
+    /// Custom task, CSV: the first line is data, not column names [default: detected].
+    #[arg(long, help_heading = "Your own data (--task custom)")]
+    pub no_header: bool,
+    /// Custom task: the inputs are integer token ids (embedded), not real-valued features.
+    #[arg(long, help_heading = "Your own data (--task custom)")]
+    pub tokens: bool,
+    /// Custom task, token inputs: the vocabulary size [default: the largest training id + 1].
+    #[arg(long, value_name = "V", help_heading = "Your own data (--task custom)")]
+    pub vocab: Option<usize>,
+    /// Custom task: do not standardise the inputs and regression targets with the training statistics.
+    #[arg(long, help_heading = "Your own data (--task custom)")]
+    pub no_normalize: bool,
     /// Sequence length T (adding: steps; copy: the blank gap, sequences have T + 20 steps; forecast: the window of
     /// past steps; digits and smnist: fixed at 64 and 784; charlm: characters of context; listops: the longest
     /// expression; selective-copy: the content region, sequences have T + 17 steps; duplicate: the whole `0 w 0 w`)
@@ -185,6 +234,23 @@ fn parse_pooling(s: &str) -> Result<Pooling, String> {
     }
 }
 
+fn parse_custom_kind(s: &str) -> Result<CustomKind, String> {
+    CustomKind::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_format(s: &str) -> Result<DataFormat, String> {
+    DataFormat::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_layout(s: &str) -> Result<CsvLayout, String> {
+    match s {
+        "wide" => Ok(CsvLayout::Wide),
+        "long" => Ok(CsvLayout::Long),
+        "series" => Ok(CsvLayout::Series),
+        _ => Err(format!("unknown CSV layout '{s}' (expected wide, long or series)")),
+    }
+}
+
 pub(crate) fn parse_task(s: &str) -> Result<TaskKind, String> {
     TaskKind::parse(s).map_err(|e| e.to_string())
 }
@@ -213,6 +279,9 @@ struct TrainJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     forecast: Option<ForecastMetrics>,
     best_metric: Option<f32>,
+    /// Custom task with a test file: the metric on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_metric: Option<f32>,
     steps_per_s: f64,
     wall_time_s: f64,
     params: usize,
@@ -262,6 +331,34 @@ impl TrainArgs {
         }
         let before = t.clone();
         set(&mut t.kind, self.task);
+        if self.data.is_some() && self.task.is_none() {
+            t.kind = TaskKind::Custom;
+        }
+        if self.any_custom_flag() || t.kind == TaskKind::Custom {
+            let c = t.custom.get_or_insert_with(Default::default);
+            set(&mut c.data, self.data.clone());
+            c.valid = self.valid.clone().or(c.valid.take());
+            c.test = self.test.clone().or(c.test.take());
+            set(&mut c.valid_fraction, self.valid_fraction);
+            c.kind = self.kind.or(c.kind);
+            c.format = self.format.or(c.format);
+            c.layout = self.layout.or(c.layout);
+            if !self.x_columns.is_empty() {
+                c.x_columns = self.x_columns.clone();
+            }
+            if !self.y_columns.is_empty() {
+                c.y_columns = self.y_columns.clone();
+            }
+            c.id_column = self.id_column.clone().or(c.id_column.take());
+            if self.no_header {
+                c.header = Some(false);
+            }
+            c.tokens |= self.tokens;
+            c.vocab = self.vocab.or(c.vocab);
+            if self.no_normalize {
+                c.normalize = false;
+            }
+        }
         set(&mut t.series, self.series);
         set(&mut t.horizon, self.horizon);
         if self.permute.is_some() {
@@ -283,6 +380,24 @@ impl TrainArgs {
         set(&mut tr.checkpoint_every, self.checkpoint_every);
     }
 
+    /// Whether any flag of the custom task was given.
+    fn any_custom_flag(&self) -> bool {
+        self.data.is_some()
+            || self.valid.is_some()
+            || self.test.is_some()
+            || self.valid_fraction.is_some()
+            || self.kind.is_some()
+            || self.format.is_some()
+            || self.layout.is_some()
+            || !self.x_columns.is_empty()
+            || !self.y_columns.is_empty()
+            || self.id_column.is_some()
+            || self.no_header
+            || self.tokens
+            || self.vocab.is_some()
+            || self.no_normalize
+    }
+
     /// The fresh run's config: defaults, then the config file, then the flags.
     pub(crate) fn fresh_config(&self) -> Result<RunConfig, CliError> {
         self.fresh_config_and_choices().map(|(cfg, _)| cfg)
@@ -300,6 +415,20 @@ impl TrainArgs {
             None => RunConfig::default(),
         };
         self.apply(&mut cfg);
+        if cfg.task.kind != TaskKind::Custom && self.any_custom_flag() {
+            return Err(CliError::usage(format!("--data and the other flags of your own data need --task custom, not --task {}", cfg.task.kind.name())));
+        }
+        if cfg.task.kind == TaskKind::Custom {
+            let forecast = cfg.task.custom.as_ref().is_some_and(|c| c.kind == Some(CustomKind::Forecast));
+            if self.seq_len.is_some() && !forecast {
+                return Err(CliError::usage(
+                    "--seq-len with --task custom is the window of a forecast (--kind forecast); other kinds read each sequence whole",
+                ));
+            }
+            // The custom task's lengths are known once its data was read: the trainer resolves the model then.
+            cfg.validate()?;
+            return Ok((cfg, Vec::new()));
+        }
         cfg.validate()?;
         let steps = cfg.task.steps_per_sequence();
         let chosen = cfg.model.resolve_for_sequence(steps);
@@ -345,7 +474,13 @@ fn same_seq_len_meaning(a: &TaskConfig, b: &TaskConfig) -> bool {
 
 /// The default checkpoint directory of a fresh run: `runs/MODEL-TASK` (forecast: `runs/MODEL-forecast-SERIES`).
 fn default_out(cfg: &RunConfig) -> PathBuf {
-    let series = if cfg.task.kind == TaskKind::Forecast { format!("-{}", cfg.task.series.name()) } else { String::new() };
+    let series = match (&cfg.task.custom, cfg.task.kind) {
+        (_, TaskKind::Forecast) => format!("-{}", cfg.task.series.name()),
+        (Some(c), TaskKind::Custom) => {
+            c.data.file_name().map(|n| format!("-{}", n.to_string_lossy().split('.').next().unwrap_or_default())).unwrap_or_default()
+        }
+        _ => String::new(),
+    };
     PathBuf::from("runs").join(format!("{}-{}{series}", cfg.model.kind.name(), cfg.task.kind.name()))
 }
 
@@ -390,6 +525,7 @@ fn changed_fields(saved: &RunConfig, wanted: &RunConfig) -> String {
 pub fn run(args: &TrainArgs, json: bool) -> Result<(), CliError> {
     let mut progress = TrainProgress::new(json);
     let mut chosen = Vec::new();
+    let mut given_custom = None;
     let (trainer, out, resumed_at, estimate, _lock) = match &args.resume {
         Some(dir) => {
             // The config first (small, checksummed): flags, output and memory are checked before the weights load.
@@ -414,8 +550,14 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), CliError> {
             let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
             preflight::check_output_dir("--out", &out)?;
             refuse_to_replace(&out, args.overwrite)?;
-            let estimate = estimate_memory(&cfg, args.max_memory_gib)?;
+            given_custom = cfg.task.custom.clone();
+            // A custom task's shapes are known once its data was read, so its estimate follows Trainer::new.
+            let early = if cfg.task.kind == TaskKind::Custom { None } else { Some(estimate_memory(&cfg, args.max_memory_gib)?) };
             let trainer = Trainer::new(cfg)?;
+            let estimate = match early {
+                Some(estimate) => estimate,
+                None => estimate_memory(trainer.config(), args.max_memory_gib)?,
+            };
             // The directory is created and locked once the data has loaded (a run that cannot start leaves nothing).
             let lock = preflight::lock_run_dir(&out)?;
             refuse_to_replace(&out, args.overwrite)?;
@@ -423,7 +565,7 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), CliError> {
         }
     };
     let mut trainer = trainer.with_checkpoint_dir(&out);
-    print_header(&progress, &trainer, &out, resumed_at.as_ref(), &chosen);
+    print_header(&progress, &trainer, &out, resumed_at.as_ref(), &chosen, given_custom.as_ref());
     progress.line(&format!("  memory {estimate} (estimated before starting)"));
     if args.eval_size.is_some() && trainer.config().task.kind.is_real_data() {
         progress.line(&format!(
@@ -441,7 +583,16 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), CliError> {
         Err(effseq::Error::Interrupted { step, checkpoint }) => return Err(interrupted(step, trainer.config().train.steps, checkpoint.as_deref())),
         other => other?,
     };
-    print_summary(&progress, &summary, trainer.config(), estimate.total, json)
+    let test = trainer.evaluate_test()?;
+    if let Some(eval) = &test {
+        progress.line(&format!(
+            "test: {} on {} test {}",
+            describe_eval(eval).replacen("eval ", "", 1),
+            eval.sequences,
+            if trainer.config().task.custom.as_ref().is_some_and(|c| c.kind == Some(CustomKind::Forecast)) { "windows" } else { "sequences" }
+        ));
+    }
+    print_summary(&progress, &summary, trainer.config(), estimate.total, json, test.map(|e| e.metric))
 }
 
 /// The run's memory estimate, refused when it exceeds `--max-memory-gib` or the memory available.
@@ -471,7 +622,15 @@ fn refuse_to_replace(out: &Path, overwrite: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_header(progress: &TrainProgress, trainer: &Trainer, out: &Path, resumed_at: Option<&(PathBuf, u64)>, chosen: &[String]) {
+#[allow(clippy::too_many_arguments)]
+fn print_header(
+    progress: &TrainProgress,
+    trainer: &Trainer,
+    out: &Path,
+    resumed_at: Option<&(PathBuf, u64)>,
+    chosen: &[String],
+    given: Option<&effseq::config::CustomConfig>,
+) {
     let cfg = trainer.config();
     let task: &Task = trainer.task();
     progress.line(&format!("effseq {}: training {} on {}", env!("CARGO_PKG_VERSION"), cfg.model.kind.name(), cfg.task.kind.name()));
@@ -480,6 +639,9 @@ fn print_header(progress: &TrainProgress, trainer: &Trainer, out: &Path, resumed
         progress.line(&format!("  auto   {choice}"));
     }
     progress.line(&format!("  task   {} ({})", describe_task(cfg), task.baseline_note()));
+    if let Task::Custom(custom) = task {
+        progress.line(&format!("  data   {}", describe_custom(custom, given)));
+    }
     if let Some(rf) = cfg.model.receptive_field().filter(|&rf| rf < task.steps_per_sequence()) {
         progress.line(&format!(
             "  warning: the receptive field ({rf} steps) is shorter than the sequence ({} steps): the model cannot see its start; raise --levels or --kernel-size",
@@ -494,7 +656,7 @@ fn print_header(progress: &TrainProgress, trainer: &Trainer, out: &Path, resumed
     }
 }
 
-fn print_summary(progress: &TrainProgress, s: &Summary, cfg: &RunConfig, memory_estimate: u64, json: bool) -> Result<(), CliError> {
+fn print_summary(progress: &TrainProgress, s: &Summary, cfg: &RunConfig, memory_estimate: u64, json: bool, test_metric: Option<f32>) -> Result<(), CliError> {
     let best = s.best_metric.map(|b| format!(", best {b:.5}")).unwrap_or_default();
     let checkpoint = s.checkpoint.as_ref().map(|p| format!("; checkpoint {}", p.display())).unwrap_or_default();
     progress.line(&format!(
@@ -521,6 +683,7 @@ fn print_summary(progress: &TrainProgress, s: &Summary, cfg: &RunConfig, memory_
             recall_loss: s.eval.recall_loss,
             forecast: s.eval.forecast,
             best_metric: s.best_metric,
+            test_metric,
             steps_per_s: s.steps_per_s,
             wall_time_s: s.wall_time_s,
             params: s.params,

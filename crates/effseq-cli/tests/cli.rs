@@ -938,4 +938,111 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(bytes).unwrap();
     encoder.finish().unwrap()
+
+/// A tiny long-format CSV of variable-length sequences (2 to 5 steps of 2 features) whose class is the sign of the
+/// first feature's sum, with a header and an id column.
+fn sign_csv(n: usize, offset: usize) -> String {
+    let mut text = String::from("id,time,a,b,label\n");
+    for s in 0..n {
+        let len = 2 + (s * 7 + offset) % 4;
+        let sign = if (s + offset).is_multiple_of(2) { 1.0 } else { -1.0 };
+        for t in 0..len {
+            let a = sign * (0.5 + ((s * 13 + t * 5) % 7) as f32 / 10.0);
+            text.push_str(&format!("seq{s},{t},{a:.2},{:.2},{}\n", ((s + t) % 5) as f32 / 5.0, if sign > 0.0 { "pos" } else { "neg" }));
+        }
+    }
+    text
+}
+
+#[test]
+fn custom_data_trains_evaluates_and_predicts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.csv"), sign_csv(40, 0)).unwrap();
+    std::fs::write(dir.path().join("test.csv"), sign_csv(10, 1)).unwrap();
+    let flags = ["--hidden", "8", "--steps", "40", "--batch", "8", "--eval-every", "20", "--checkpoint-every", "20", "--lr", "0.02", "--bidirectional"];
+    let mut args = vec!["train", "--json", "--data", "train.csv", "--test", "test.csv", "--out", "run"];
+    args.extend_from_slice(&flags);
+    let out = effseq(dir.path(), &args);
+    let summary = last_json(&out);
+    assert_eq!((summary["task"].as_str(), summary["metric_name"].as_str()), (Some("custom"), Some("accuracy")));
+    assert!(summary["test_metric"].as_f64().unwrap() > 0.7, "{summary}");
+    let header = stderr(&out);
+    assert!(header.contains("long layout (inferred)") && header.contains("classification (inferred)") && header.contains("2 classes (neg, pos)"), "{header}");
+    assert!(header.contains("id column id") && header.contains("features per step (a, b)"), "{header}");
+    // The checkpoint remembers how to read the data: eval re-reads it, predict reads new data without the training file.
+    let eval = last_json(&effseq(dir.path(), &["eval", "--checkpoint", "run", "--json"]));
+    assert_eq!(eval["eval_metric"], summary["eval_metric"]);
+    assert_eq!(eval["test_metric"], summary["test_metric"]);
+    std::fs::rename(dir.path().join("train.csv"), dir.path().join("moved.csv")).unwrap();
+    for out_file in ["pred.csv", "pred.jsonl"] {
+        let pred = last_json(&effseq(dir.path(), &["predict", "--checkpoint", "run", "--data", "test.csv", "--out", out_file, "--json"]));
+        assert_eq!((pred["predictions"].as_u64(), pred["metric_name"].as_str()), (Some(10), Some("accuracy")));
+        assert!(
+            (pred["metric"].as_f64().unwrap() - summary["test_metric"].as_f64().unwrap()).abs() < 1e-6,
+            "predict scores the labelled file as the test evaluation did"
+        );
+        let text = std::fs::read_to_string(dir.path().join(out_file)).unwrap();
+        assert!(!dir.path().join(format!("{out_file}.tmp")).exists());
+        if out_file.ends_with(".csv") {
+            assert!(text.starts_with("index,id,label,p_neg,p_pos\n0,seq0,"), "{text}");
+            assert_eq!(text.lines().count(), 11);
+        } else {
+            let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            assert_eq!(first["id"], "seq0");
+            let p = &first["probabilities"];
+            assert!((p["neg"].as_f64().unwrap() + p["pos"].as_f64().unwrap() - 1.0).abs() < 1e-5, "{first}");
+        }
+    }
+    // Unlabelled data predicts without a score; predictions go to stdout as JSON Lines without --out.
+    std::fs::write(dir.path().join("new.csv"), "id,time,a,b\nq,0,0.9,0.1\nq,1,0.8,0.2\n").unwrap();
+    let out = effseq(dir.path(), &["predict", "--checkpoint", "run", "--data", "new.csv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line: Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+    assert_eq!((line["index"].as_u64(), line["id"].as_str()), (Some(0), Some("q")));
+    assert!(!stderr(&out).contains("accuracy"));
+}
+
+#[test]
+fn custom_data_problems_are_data_errors_naming_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.csv"), sign_csv(20, 0)).unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--steps", "2", "--hidden", "4", "--out", "run", "--overwrite"];
+        args.extend_from_slice(extra);
+        effseq(dir.path(), &args)
+    };
+    std::fs::write(dir.path().join("nan.csv"), "id,a,label\ns,1,x\ns,NaN,x\nt,2,y\n").unwrap();
+    assert_fails(&train(&["--data", "nan.csv"]), 3, &["nan.csv:3", "column 2 ('a')", "not a finite number"]);
+    std::fs::write(dir.path().join("ragged.csv"), "label,t1,t2\n1,2,3\n0,4\n").unwrap();
+    assert_fails(&train(&["--data", "ragged.csv"]), 3, &["ragged.csv:3", "expected 3"]);
+    std::fs::write(dir.path().join("empty.jsonl"), "").unwrap();
+    assert_fails(&train(&["--data", "empty.jsonl"]), 3, &["empty.jsonl", "empty"]);
+    std::fs::write(dir.path().join("bad.jsonl"), "{\"x\": [1, 2], \"y\": 0}\n{\"x\": [[1, 2]], \"y\": 1}\n").unwrap();
+    assert_fails(&train(&["--data", "bad.jsonl"]), 3, &["bad.jsonl:2", "2 features per step"]);
+    assert_fails(&train(&["--data", "missing.csv"]), 3, &["missing.csv", "cannot open"]);
+    assert_fails(&train(&["--data", "train.csv", "--x-columns", "zzz"]), 3, &["no feature column 'zzz'"]);
+    assert_fails(&train(&["--data", "train.csv", "--seq-len", "5"]), 2, &["--seq-len"]);
+    assert_fails(&train(&["--task", "adding", "--data", "train.csv"]), 2, &["--task custom"]);
+    assert_fails(&train(&["--task", "custom"]), 2, &["--data"]);
+    assert_fails(&train(&["--data", "train.data"]), 2, &["format"]);
+    // Training succeeds; then data that does not fit the checkpoint.
+    assert!(train(&["--data", "train.csv"]).status.success());
+    std::fs::write(dir.path().join("three.jsonl"), "{\"x\": [[1, 2, 3]]}\n").unwrap();
+    let predict = |file: &str| effseq(dir.path(), &["predict", "--checkpoint", "run", "--data", file]);
+    std::fs::write(dir.path().join("few.csv"), "id,a\nq,1\n").unwrap();
+    assert_fails(&predict("few.csv"), 3, &["few.csv", "no feature column 'b'"]);
+    std::fs::write(dir.path().join("label.csv"), "id,time,a,b,label\nq,0,1,2,maybe\n").unwrap();
+    let out = predict("label.csv");
+    assert!(out.status.success(), "an unknown label in new data is no obstacle to predicting it: {}", stderr(&out));
+    std::fs::write(dir.path().join("inf.csv"), "id,time,a,b\nq,0,1,inf\n").unwrap();
+    assert_fails(&predict("inf.csv"), 3, &["inf.csv:2", "column 4 ('b')"]);
+    assert_fails(&effseq(dir.path(), &["predict", "--checkpoint", "nowhere", "--data", "few.csv"]), 3, &["nowhere"]);
+}
+
+#[test]
+fn predict_refuses_a_built_in_task_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    train_tiny(dir.path(), "adding", &[]);
+    std::fs::write(dir.path().join("x.jsonl"), "{\"x\": [1]}\n").unwrap();
+    assert_fails(&effseq(dir.path(), &["predict", "--checkpoint", "adding", "--data", "x.jsonl"]), 2, &["adding task"]);
 }

@@ -2,7 +2,7 @@
 //! library. Every field has a documented default, so a config file may name only what it changes.
 
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -148,6 +148,9 @@ pub enum TaskKind {
     /// The Reformer paper's duplication task (Kitaev et al. 2020, sec. 5): `0 w 0 w` with 127 symbols, the second
     /// copy predicted token by token: accuracy over it.
     Duplicate,
+    /// The user's own sequences from CSV, JSON Lines or NumPy files ([`CustomConfig`]): classification,
+    /// regression, per-step labelling or forecasting.
+    Custom,
 }
 
 impl TaskKind {
@@ -162,6 +165,7 @@ impl TaskKind {
         TaskKind::Listops,
         TaskKind::SelectiveCopy,
         TaskKind::Duplicate,
+        TaskKind::Custom,
     ];
 
     /// The name used on the command line and in configs.
@@ -176,6 +180,7 @@ impl TaskKind {
             TaskKind::Listops => "listops",
             TaskKind::SelectiveCopy => "selective-copy",
             TaskKind::Duplicate => "duplicate",
+            TaskKind::Custom => "custom",
         }
     }
 
@@ -192,7 +197,7 @@ impl TaskKind {
     /// sequences from the seed (adding, copy). Real-data tasks evaluate on a fixed test split, so
     /// [`TaskConfig::eval_size`] does not apply to them.
     pub fn is_real_data(self) -> bool {
-        matches!(self, TaskKind::Digits | TaskKind::Smnist | TaskKind::Forecast | TaskKind::Charlm)
+        matches!(self, TaskKind::Digits | TaskKind::Smnist | TaskKind::Forecast | TaskKind::Charlm | TaskKind::Custom)
     }
 
     /// Whether the task's targets are per-step causal predictions: a target at (some or all) steps that the model
@@ -204,6 +209,9 @@ impl TaskKind {
         match self {
             TaskKind::Copy | TaskKind::Charlm | TaskKind::SelectiveCopy | TaskKind::Duplicate => true,
             TaskKind::Adding | TaskKind::Digits | TaskKind::Smnist | TaskKind::Forecast | TaskKind::Listops => false,
+            // Tagging labels describe their own step and a forecast's targets lie after its whole window
+            // ([`CustomKind::targets_are_later_inputs`]): a bidirectional model is legitimate on custom data.
+            TaskKind::Custom => false,
         }
     }
 
@@ -213,9 +221,14 @@ impl TaskKind {
         match self {
             TaskKind::Digits => Some(DIGITS_SEQ_LEN),
             TaskKind::Smnist => Some(SMNIST_SEQ_LEN),
-            TaskKind::Adding | TaskKind::Copy | TaskKind::Forecast | TaskKind::Charlm | TaskKind::Listops | TaskKind::SelectiveCopy | TaskKind::Duplicate => {
-                None
-            }
+            TaskKind::Adding
+            | TaskKind::Copy
+            | TaskKind::Forecast
+            | TaskKind::Charlm
+            | TaskKind::Listops
+            | TaskKind::SelectiveCopy
+            | TaskKind::Duplicate
+            | TaskKind::Custom => None,
         }
     }
 }
@@ -540,6 +553,278 @@ pub struct TaskConfig {
     /// Smnist only: seed of the fixed pixel permutation of P-MNIST; `None` (default) reads the pixels in
     /// row-major order. Setting it with another task is rejected.
     pub permute_seed: Option<u64>,
+    /// Custom only: the user's data files and how to read them, with what was inferred from the training data
+    /// (`[task.custom]` in a config file). Required with the custom task, rejected with any other.
+    pub custom: Option<CustomConfig>,
+}
+
+/// What a custom data set asks of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CustomKind {
+    /// One class per sequence (read from the last valid step, or pooled): accuracy.
+    Classification,
+    /// One or more real values per sequence: MSE and MAE on the original scale.
+    Regression,
+    /// One label (a class, or real values) per time step, aligned with the inputs: per-step accuracy or MSE. The
+    /// label of step t describes step t, not a later input, so a bidirectional model is legitimate here.
+    Tagging,
+    /// Windows of `seq_len` steps cut from one long series, each predicting the next `horizon` values of the target
+    /// columns: MSE and MAE on the original scale.
+    Forecast,
+}
+
+impl CustomKind {
+    /// All kinds, in the order the CLI lists them.
+    pub const ALL: &'static [CustomKind] = &[CustomKind::Classification, CustomKind::Regression, CustomKind::Tagging, CustomKind::Forecast];
+
+    /// The name used on the command line and in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            CustomKind::Classification => "classification",
+            CustomKind::Regression => "regression",
+            CustomKind::Tagging => "tagging",
+            CustomKind::Forecast => "forecast",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL.iter().copied().find(|k| k.name() == s.to_ascii_lowercase()).ok_or_else(|| Error::Unknown {
+            kind: "custom task kind",
+            name: s.to_string(),
+            choices: Self::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Whether there is a prediction at every time step (tagging) rather than one per sequence or window.
+    pub fn per_step(self) -> bool {
+        self == CustomKind::Tagging
+    }
+
+    /// Whether a per-step target is a *later* input (next-token prediction), which a model that reads the future
+    /// (bidirectional) could copy instead of predicting. Never for a custom task: tagging labels describe their
+    /// own step, and a forecast window's targets lie after the whole window.
+    pub fn targets_are_later_inputs(self) -> bool {
+        false
+    }
+}
+
+/// The file format of custom data, from the file's extension unless given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// Comma-separated text (`.csv`, `.csv.gz`; `.tsv` is tab-separated).
+    Csv,
+    /// One JSON object per line (`.jsonl`, `.ndjson`): `{"x": [[...], ...], "y": ..., "id": ...}`.
+    Jsonl,
+    /// A NumPy array (`.npy`): the inputs only (predictions), or one long series (forecast).
+    Npy,
+    /// A NumPy archive (`.npz`) with the arrays `x`, `y` and optionally `lengths`.
+    Npz,
+}
+
+impl DataFormat {
+    /// All formats.
+    pub const ALL: &'static [DataFormat] = &[DataFormat::Csv, DataFormat::Jsonl, DataFormat::Npy, DataFormat::Npz];
+
+    /// The name used on the command line and in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataFormat::Csv => "csv",
+            DataFormat::Jsonl => "jsonl",
+            DataFormat::Npy => "npy",
+            DataFormat::Npz => "npz",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL.iter().copied().find(|k| k.name() == s.to_ascii_lowercase()).ok_or_else(|| Error::Unknown {
+            kind: "data format",
+            name: s.to_string(),
+            choices: Self::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// The format a file name's extension says (`.gz` looked through), if any.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
+        let name = name.strip_suffix(".gz").unwrap_or(&name);
+        let ext = name.rsplit_once('.')?.1;
+        match ext {
+            "csv" | "tsv" | "txt" => Some(DataFormat::Csv),
+            "jsonl" | "ndjson" | "json" => Some(DataFormat::Jsonl),
+            "npy" => Some(DataFormat::Npy),
+            "npz" => Some(DataFormat::Npz),
+            _ => None,
+        }
+    }
+}
+
+/// How the rows of a CSV file make sequences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CsvLayout {
+    /// One sequence per row: the label column(s), then one column per time step (one feature per step; trailing
+    /// empty fields make a shorter sequence), as the UCR archive ships its data sets.
+    Wide,
+    /// One time step per row, the rows of a sequence together and marked by the id column; the feature columns
+    /// hold the step's features, the label column a per-sequence (constant) or per-step label.
+    Long,
+    /// One long series, one time step per row (forecast).
+    Series,
+}
+
+impl CsvLayout {
+    /// The name used on the command line and in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            CsvLayout::Wide => "wide",
+            CsvLayout::Long => "long",
+            CsvLayout::Series => "series",
+        }
+    }
+}
+
+/// The custom task's files and reading options (what the user says) and what a run infers from the training data
+/// when it starts (what the checkpoint must remember to read new data the same way: the features, the classes,
+/// the normalisation statistics). Written to `config.toml` as `[task.custom]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CustomConfig {
+    /// The training data (and, without `valid`, the source of the seeded validation split).
+    pub data: PathBuf,
+    /// Validation data; default: a seeded `valid_fraction` of `data` (forecast: the last windows).
+    pub valid: Option<PathBuf>,
+    /// Test data, scored once at the end of training and by `effseq eval`.
+    pub test: Option<PathBuf>,
+    /// Fraction of `data` held out for validation when `valid` is not given. Default 0.2.
+    pub valid_fraction: f32,
+    /// The file format; default: from the extension.
+    pub format: Option<DataFormat>,
+    /// What to predict; default: inferred from the labels (strings and integers: classification; other numbers:
+    /// regression; a label per step: tagging). Forecast must be asked for.
+    pub kind: Option<CustomKind>,
+    /// CSV: how rows make sequences; default: long with an id column, series for a forecast, wide otherwise.
+    pub layout: Option<CsvLayout>,
+    /// CSV: whether the first line names the columns; default: detected (a field of text above a number).
+    pub header: Option<bool>,
+    /// CSV: the feature columns (by name, or 1-based number without a header); default: every column that is not
+    /// the id, the label or the time column.
+    pub x_columns: Vec<String>,
+    /// CSV: the label column(s) (forecast: the target columns); default: a column named label, y, target or class,
+    /// else the first column (wide) or the last one (long); forecast: every feature column.
+    pub y_columns: Vec<String>,
+    /// CSV (long layout): the column that names the sequence of each row; default: a column named id,
+    /// sequence_id, series_id or sequence.
+    pub id_column: Option<String>,
+    /// The inputs are integer token ids `0..vocab` (embedded) rather than real-valued features.
+    pub tokens: bool,
+    /// Token inputs: the vocabulary size; default: the largest id in the training data plus one.
+    pub vocab: Option<usize>,
+    /// Standardise each input feature (and each regression target) with the training split's mean and standard
+    /// deviation. Default true.
+    pub normalize: bool,
+    /// Resolved: input features per step D (1 for tokens); 0 until the training data was read.
+    pub features: usize,
+    /// Resolved: names of the feature columns (CSV with a header).
+    pub feature_names: Vec<String>,
+    /// Resolved: the class labels in id order (classification, class tagging); empty for real-valued targets.
+    pub classes: Vec<String>,
+    /// Resolved: real values per prediction (regression; value tagging: per step; forecast: per future step).
+    pub targets: usize,
+    /// Resolved: names of the target columns (CSV with a header).
+    pub target_names: Vec<String>,
+    /// Resolved: per-feature mean and standard deviation of the training inputs (empty without normalisation).
+    pub x_mean: Vec<f32>,
+    /// See `x_mean`.
+    pub x_std: Vec<f32>,
+    /// Resolved: per-target mean and standard deviation of the training targets (real-valued targets).
+    pub y_mean: Vec<f32>,
+    /// See `y_mean`.
+    pub y_std: Vec<f32>,
+}
+
+impl Default for CustomConfig {
+    fn default() -> Self {
+        CustomConfig {
+            data: PathBuf::new(),
+            valid: None,
+            test: None,
+            valid_fraction: 0.2,
+            format: None,
+            kind: None,
+            layout: None,
+            header: None,
+            x_columns: Vec::new(),
+            y_columns: Vec::new(),
+            id_column: None,
+            tokens: false,
+            vocab: None,
+            normalize: true,
+            features: 0,
+            feature_names: Vec::new(),
+            classes: Vec::new(),
+            targets: 0,
+            target_names: Vec::new(),
+            x_mean: Vec::new(),
+            x_std: Vec::new(),
+            y_mean: Vec::new(),
+            y_std: Vec::new(),
+        }
+    }
+}
+
+impl CustomConfig {
+    /// Whether the fields inferred from the training data are filled in (a run started, or a checkpoint).
+    pub fn is_resolved(&self) -> bool {
+        self.kind.is_some() && self.features > 0 && (self.targets > 0 || !self.classes.is_empty())
+    }
+
+    /// The format of `path`: `format` if set, else from the extension.
+    pub fn format_of(&self, path: &Path) -> Result<DataFormat> {
+        self.format.or_else(|| DataFormat::from_path(path)).ok_or_else(|| {
+            Error::config(format!("cannot tell the format of {} from its extension: name it .csv, .tsv, .jsonl, .npy or .npz, or set --format", path.display()))
+        })
+    }
+
+    /// Checks the ranges of the fields and that the resolved ones agree with each other.
+    pub fn validate(&self) -> Result<()> {
+        if self.data.as_os_str().is_empty() {
+            return Err(Error::config("the custom task needs a training file: --data FILE (task.custom.data)"));
+        }
+        if !(self.valid_fraction > 0.0 && self.valid_fraction < 1.0) {
+            return Err(Error::config(format!("task.custom.valid_fraction must be in (0, 1), got {}", self.valid_fraction)));
+        }
+        if self.vocab == Some(0) {
+            return Err(Error::config("task.custom.vocab must be at least 1"));
+        }
+        if self.vocab.is_some() && !self.tokens {
+            return Err(Error::config("task.custom.vocab applies to token inputs (--tokens) only"));
+        }
+        if self.tokens && self.kind == Some(CustomKind::Forecast) {
+            return Err(Error::config("a forecast reads real-valued series, not tokens"));
+        }
+        if self.is_resolved() {
+            let (d, k) = (self.features, self.targets);
+            if self.tokens && d != 1 {
+                return Err(Error::config(format!("task.custom: token inputs have one id per step, but features = {d}")));
+            }
+            for (name, stats, want) in [("x_mean", &self.x_mean, d), ("x_std", &self.x_std, d), ("y_mean", &self.y_mean, k), ("y_std", &self.y_std, k)] {
+                if !stats.is_empty() && stats.len() != want {
+                    return Err(Error::config(format!("task.custom.{name} has {} values for {want}", stats.len())));
+                }
+                if stats.iter().any(|v| !v.is_finite()) || (name.ends_with("std") && stats.iter().any(|&v| v <= 0.0)) {
+                    return Err(Error::config(format!("task.custom.{name} holds a value that is not a finite number (standard deviations: positive)")));
+                }
+            }
+            if !self.classes.is_empty() && self.targets != 0 {
+                return Err(Error::config("task.custom has both classes and real-valued targets"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for TaskConfig {
@@ -557,7 +842,15 @@ impl TaskConfig {
     /// The defaults of a task kind: its default sequence length, series sunspots, horizon 1, no permutation.
     pub fn new(kind: TaskKind) -> TaskConfig {
         let series = SeriesKind::Sunspots;
-        TaskConfig { kind, seq_len: Self::default_seq_len(kind, series), eval_size: Self::DEFAULT_EVAL_SIZE, series, horizon: 1, permute_seed: None }
+        TaskConfig {
+            kind,
+            seq_len: Self::default_seq_len(kind, series),
+            eval_size: Self::DEFAULT_EVAL_SIZE,
+            series,
+            horizon: 1,
+            permute_seed: None,
+            custom: (kind == TaskKind::Custom).then(CustomConfig::default),
+        }
     }
 
     /// The forecast of `series` predicting `horizon` steps, with the series' default window
@@ -586,6 +879,9 @@ impl TaskConfig {
     /// The default context of charlm, in characters.
     pub const DEFAULT_CHARLM_SEQ_LEN: usize = 256;
 
+    /// The default window of a custom forecast; the other custom kinds take the longest training sequence.
+    pub const DEFAULT_CUSTOM_WINDOW: usize = 32;
+
     /// The sequence length a task takes when none is given: see [`TaskConfig::default_window`] for forecast, 256
     /// characters for charlm, the data's length for digits and smnist, 50 otherwise.
     pub fn default_seq_len(kind: TaskKind, series: SeriesKind) -> usize {
@@ -595,6 +891,7 @@ impl TaskConfig {
             TaskKind::Listops => LISTOPS_PUBLISHED_MAX_LEN,
             TaskKind::SelectiveCopy => Self::DEFAULT_SELECTIVE_COPY_SEQ_LEN,
             TaskKind::Duplicate => Self::DEFAULT_DUPLICATE_SEQ_LEN,
+            TaskKind::Custom => Self::DEFAULT_CUSTOM_WINDOW,
             other => other.fixed_seq_len().unwrap_or(Self::DEFAULT_SEQ_LEN),
         }
     }
@@ -639,9 +936,18 @@ impl TaskConfig {
         if self.horizon == 0 {
             return Err(Error::config("task.horizon must be at least 1"));
         }
+        let custom_forecast = self.custom.as_ref().is_some_and(|c| c.kind == Some(CustomKind::Forecast));
+        match (&self.custom, self.kind) {
+            (Some(c), TaskKind::Custom) => c.validate()?,
+            (None, TaskKind::Custom) => {
+                return Err(Error::config("the custom task needs a [task.custom] section with at least its training file (--data FILE)"))
+            }
+            (Some(_), _) => return Err(Error::config(format!("task.custom applies to the custom task only, not to {kind}"))),
+            (None, _) => {}
+        }
         if self.kind != TaskKind::Forecast {
-            if self.horizon != 1 {
-                return Err(Error::config(format!("task.horizon applies to the forecast task only, not to {kind}")));
+            if self.horizon != 1 && !custom_forecast {
+                return Err(Error::config(format!("task.horizon applies to the forecast task only (or a custom --kind forecast), not to {kind}")));
             }
             if self.series != SeriesKind::Sunspots {
                 return Err(Error::config(format!("task.series applies to the forecast task only, not to {kind}")));
@@ -681,6 +987,9 @@ struct TaskConfigFile {
     /// [`TaskConfig::permute_seed`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     permute_seed: Option<u64>,
+    /// [`TaskConfig::custom`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    custom: Option<CustomConfig>,
 }
 
 /// The task of a config file that names none.
@@ -699,6 +1008,7 @@ impl From<TaskConfigFile> for TaskConfig {
             series,
             horizon: file.horizon.unwrap_or(defaults.horizon),
             permute_seed: file.permute_seed,
+            custom: file.custom.or(defaults.custom),
         }
     }
 }
@@ -714,6 +1024,7 @@ impl From<TaskConfig> for TaskConfigFile {
             series: (forecast || cfg.series != SeriesKind::Sunspots).then_some(cfg.series),
             horizon: (forecast || cfg.horizon != 1).then_some(cfg.horizon),
             permute_seed: cfg.permute_seed,
+            custom: cfg.custom,
         }
     }
 }

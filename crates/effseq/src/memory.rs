@@ -242,6 +242,16 @@ fn data_bytes(cfg: &RunConfig) -> Result<u64> {
             let sequences = n(listops::PUBLISHED_TRAIN_SIZE) + n(cfg.task.eval_size);
             s.mul(&[sequences, s.add(&[n(cfg.task.seq_len), 48])?])?
         }
+        // Every split is parsed into f32 values; a text file spends at least two bytes on a number and a NumPy file
+        // four, so twice the files' sizes bounds the parsed data with its bookkeeping.
+        TaskKind::Custom => match &cfg.task.custom {
+            Some(c) => {
+                let files = [Some(&c.data), c.valid.as_ref(), c.test.as_ref()];
+                let bytes = files.into_iter().flatten().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).try_fold(0u64, |a, b| s.add(&[a, b]))?;
+                s.mul(&[bytes, 2])?
+            }
+            None => 0,
+        },
     })
 }
 

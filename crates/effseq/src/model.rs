@@ -80,12 +80,96 @@ pub struct ReformerBackbone {
     /// The current training step (set by [`Backbone::begin_train_step`]); evaluation hashes with step 0, so every
     /// evaluation of the same weights uses the same buckets.
     step: u64,
+    /// The last training forward over a padded batch of unequal lengths, run one length group at a time.
+    padded: Option<PaddedRun>,
+}
+
+/// A padded batch run by [`ReformerBackbone`] as groups of equal-length sequences, kept for the backward.
+#[derive(Clone, Debug)]
+struct PaddedRun {
+    /// B, T.
+    b: usize,
+    t: usize,
+    /// The padded input `(B, T, D)`.
+    x: Vec<f32>,
+    /// `(length, rows)` of every group, shortest first.
+    groups: Vec<(usize, Vec<usize>)>,
+    /// Whether dropout was on.
+    dropout: bool,
 }
 
 impl ReformerBackbone {
+    /// LSH attention sizes its buckets from the sequence length and its sorted chunks look back across hash rounds,
+    /// so a sequence padded to a longer T would be hashed differently than alone. A batch of unequal `lengths` is
+    /// therefore run as groups of equal length, each at its own length: every sequence gets exactly the output (and
+    /// gradients) it gets alone, and the padded steps of the output are zero.
     fn run(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>, dropout: bool, train: bool) -> Result<Vec<f32>> {
+        self.padded = None;
         let step = if train { self.step } else { 0 };
-        self.reformer.run_with_dropout(x, b, t, lengths, step, train, dropout)
+        let Some(groups) = length_groups(lengths, t) else {
+            return self.reformer.run_with_dropout(x, b, t, None, step, train, dropout);
+        };
+        let (d, o) = (self.reformer.config().input, self.reformer.config().d_model);
+        check_len("reformer input (B, T, D)", &[b, t, d], x.len())?;
+        let mut y = vec![0.0f32; b * t * o]; // (B, T, O), zero at the padded steps
+        for (len, rows) in &groups {
+            let xg = gather_prefixes(x, t, d, rows, *len); // (n, len, D)
+            let yg = self.reformer.run_with_dropout(&xg, rows.len(), *len, None, step, train, dropout)?; // (n, len, O)
+            scatter_prefixes(&yg, &mut y, t, o, rows, *len);
+        }
+        if train {
+            // The last group's forward state is the live one; the backward recomputes the others.
+            self.padded = Some(PaddedRun { b, t, x: x.to_vec(), groups, dropout });
+        }
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: &[f32]) -> Result<Vec<f32>> {
+        let Some(run) = self.padded.take() else {
+            return self.reformer.backward(dy);
+        };
+        let (d, o) = (self.reformer.config().input, self.reformer.config().d_model);
+        check_len("reformer output gradient (B, T, O)", &[run.b, run.t, o], dy.len())?;
+        let mut dx = vec![0.0f32; run.x.len()]; // (B, T, D), zero at the padded steps
+        for (i, (len, rows)) in run.groups.iter().enumerate().rev() {
+            if i + 1 < run.groups.len() {
+                let xg = gather_prefixes(&run.x, run.t, d, rows, *len);
+                self.reformer.run_with_dropout(&xg, rows.len(), *len, None, self.step, true, run.dropout)?;
+            }
+            let dxg = self.reformer.backward(&gather_prefixes(dy, run.t, o, rows, *len))?; // (n, len, D)
+            scatter_prefixes(&dxg, &mut dx, run.t, d, rows, *len);
+        }
+        Ok(dx)
+    }
+}
+
+/// The rows of a padded batch grouped by valid length, shortest first: `None` without lengths or when every
+/// sequence fills all `t` steps.
+fn length_groups(lengths: Option<&[usize]>, t: usize) -> Option<Vec<(usize, Vec<usize>)>> {
+    let lengths = lengths.filter(|l| l.iter().any(|&n| n != t))?;
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+    for (row, &n) in lengths.iter().enumerate() {
+        groups.entry(n).or_default().push(row);
+    }
+    Some(groups.into_iter().collect())
+}
+
+/// The first `len` steps of the given rows of `src (B, T, W)`: `(rows, len, W)`.
+fn gather_prefixes(src: &[f32], t: usize, w: usize, rows: &[usize], len: usize) -> Vec<f32> {
+    rows.iter().flat_map(|&r| src[r * t * w..(r * t + len) * w].iter().copied()).collect()
+}
+
+/// Writes `src (rows, len, W)` into the first `len` steps of the given rows of `dst (B, T, W)`.
+fn scatter_prefixes(src: &[f32], dst: &mut [f32], t: usize, w: usize, rows: &[usize], len: usize) {
+    for (i, &r) in rows.iter().enumerate() {
+        dst[r * t * w..(r * t + len) * w].copy_from_slice(&src[i * len * w..(i + 1) * len * w]);
+    }
+}
+
+/// Zeroes the steps `p >= lengths[b]` of `buf (B, T, W)`.
+fn zero_padded(buf: &mut [f32], t: usize, w: usize, lengths: &[usize]) {
+    for (seq, &n) in buf.chunks_exact_mut(t * w).zip(lengths) {
+        seq[n.min(t) * w..].fill(0.0);
     }
 }
 
@@ -176,7 +260,7 @@ impl Backbone {
                     ff_chunks: cfg.ff_chunks,
                     reversible: cfg.reversible,
                 };
-                Backbone::Reformer(Box::new(ReformerBackbone { reformer: build_reformer(&rc, seed)?, step: 0 }))
+                Backbone::Reformer(Box::new(ReformerBackbone { reformer: build_reformer(&rc, seed)?, step: 0, padded: None }))
             }
         })
     }
@@ -186,11 +270,15 @@ impl Backbone {
         self.forward_padded(x, b, t, None, dropout)
     }
 
-    /// [`Backbone::forward`] over right-padded sequences with `lengths (B)` valid steps: attention masks the padded
-    /// keys; the causal backbones (RNN, TCN, causal attention) need nothing, as no valid step sees a later one.
+    /// [`Backbone::forward`] over right-padded sequences with `lengths (B)` valid steps, so that the outputs of the
+    /// valid steps are exactly those of each sequence alone: the reverse direction of a bidirectional RNN starts at
+    /// each sequence's last valid step (as `pack_padded_sequence`), attention masks the padded keys, the Reformer
+    /// runs each length at its own ([`ReformerBackbone`]); the causal TCN and Mamba need nothing, as no valid step
+    /// sees a later one. The outputs at padded steps are unspecified ([`Network`] ignores them), and the gradient
+    /// given to [`Backbone::backward`] must be zero there.
     pub fn forward_padded(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
         match self {
-            Backbone::Rnn(r) => r.forward(x, b, t, dropout),
+            Backbone::Rnn(r) => r.forward_padded(x, b, t, lengths, dropout),
             Backbone::Tcn(m) => m.forward(x, b, t, dropout),
             Backbone::Transformer(m) => m.run(x, b, t, lengths, dropout, true),
             Backbone::Mamba(m) => m.forward(x, b, t, dropout),
@@ -206,7 +294,7 @@ impl Backbone {
     /// [`Backbone::infer`] over right-padded sequences, see [`Backbone::forward_padded`].
     pub fn infer_padded(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>) -> Result<Vec<f32>> {
         match self {
-            Backbone::Rnn(r) => r.infer(x, b, t),
+            Backbone::Rnn(r) => r.infer_padded(x, b, t, lengths),
             Backbone::Tcn(m) => m.infer(x, b, t),
             Backbone::Transformer(m) => m.run(x, b, t, lengths, None, false),
             Backbone::Mamba(m) => m.infer(x, b, t),
@@ -221,7 +309,7 @@ impl Backbone {
             Backbone::Tcn(m) => m.backward(dy),
             Backbone::Transformer(m) => m.backward(dy),
             Backbone::Mamba(m) => m.backward(dy),
-            Backbone::Reformer(m) => m.reformer.backward(dy),
+            Backbone::Reformer(m) => m.backward(dy),
         }
     }
 
@@ -445,8 +533,10 @@ impl Network {
         self.run(inputs, b, t, None, dropout, true)
     }
 
-    /// [`Network::forward`] over right-padded sequences with `lengths (B)` valid steps each: attention ignores the
-    /// padded keys and a [`Readout::LastStep`] head pools the valid steps only ([`Pooling`]).
+    /// [`Network::forward`] over right-padded sequences with `lengths (B)` valid steps each: every sequence gets
+    /// exactly the predictions and gradients it gets alone ([`Backbone::forward_padded`]); a [`Readout::LastStep`]
+    /// head pools the valid steps only ([`Pooling`]); a [`Readout::EveryStep`] output is zero at the padded steps
+    /// and [`Network::backward`] ignores their gradients.
     pub fn forward_padded(&mut self, inputs: &Inputs, b: usize, t: usize, lengths: Option<&[usize]>, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
         self.run(inputs, b, t, lengths, dropout, true)
     }
@@ -486,13 +576,24 @@ impl Network {
             (Inputs::Dense(_), Some(_)) => return Err(Error::Invalid("this network reads token ids, got dense features".into())),
             (Inputs::Tokens(_), None) => return Err(Error::Invalid("this network reads dense features, got token ids".into())),
         };
-        let y = if train { self.backbone.forward_padded(x, b, t, lengths, dropout)? } else { self.backbone.infer_padded(x, b, t, lengths)? }; // (B, T, O)
+        let mut y = if train { self.backbone.forward_padded(x, b, t, lengths, dropout)? } else { self.backbone.infer_padded(x, b, t, lengths)? }; // (B, T, O)
         let o = self.backbone_dim();
+        if let Some(l) = lengths {
+            // Padded steps carry no information: the head sees zeros there, whatever the backbone computed.
+            zero_padded(&mut y, t, o, l);
+        }
         if train {
             self.shape = Some((b, t, lengths.map(<[usize]>::to_vec)));
         }
         match self.io.readout {
-            Readout::EveryStep => self.head_forward(&y, b * t, train),
+            Readout::EveryStep => {
+                let mut out = self.head_forward(&y, b * t, train)?; // (B, T, C)
+                if let Some(l) = lengths {
+                    // As `pad_packed_sequence`: zero at the padded steps, which are no predictions (and take no gradient).
+                    zero_padded(&mut out, t, self.io.output_dim, l);
+                }
+                Ok(out)
+            }
             Readout::LastStep => {
                 let mut pooled = vec![0.0f32; b * o]; // (B, O)
                 for (bi, row) in pooled.chunks_exact_mut(o).enumerate() {
@@ -535,6 +636,18 @@ impl Network {
     pub fn backward(&mut self, doutputs: &[f32]) -> Result<()> {
         let (b, t, lengths) = self.shape.take().ok_or_else(|| Error::Invalid("network backward called without a (training) forward pass".into()))?;
         let o = self.backbone_dim();
+        let masked;
+        let doutputs = match (&lengths, self.io.readout) {
+            (Some(l), Readout::EveryStep) => {
+                // Predictions at padded steps are not predictions: their gradients are ignored.
+                let mut d = doutputs.to_vec();
+                check_len("output gradient (B, T, C)", &[b, t, self.io.output_dim], d.len())?;
+                zero_padded(&mut d, t, self.io.output_dim, l);
+                masked = d;
+                &masked[..]
+            }
+            _ => doutputs,
+        };
         let dh = match &mut self.head {
             Head::Linear(lin) => lin.backward(doutputs)?,
             Head::Tied { bias, cache } => {
@@ -845,6 +958,121 @@ mod tests {
                 let alone = net.predict(&Inputs::Tokens(ids[t..t + 4].to_vec()), 1, 4).unwrap();
                 for (x, y) in alone.iter().zip(&before[3..]) {
                     assert!((x - y).abs() < 1e-5, "{kind:?} {pooling:?}: padded {y} vs unpadded {x}");
+                }
+            }
+        }
+    }
+
+    /// Every architecture in each direction it supports, small enough for quick tests; the Reformer's buckets (4)
+    /// are smaller than the sequences, so that several chunks and the look-back are exercised.
+    fn every_model_and_direction() -> Vec<ModelConfig> {
+        let mut out = Vec::new();
+        for kind in ModelKind::ALL.iter().copied() {
+            for bidirectional in [false, true] {
+                if bidirectional && matches!(kind, ModelKind::Tcn | ModelKind::Mamba) {
+                    continue; // causal by construction (config validation refuses them)
+                }
+                let layers = if kind == ModelKind::Tcn { 1 } else { 2 };
+                out.push(ModelConfig {
+                    kind,
+                    hidden: 8,
+                    layers,
+                    bidirectional,
+                    levels: Some(2),
+                    heads: 2,
+                    features: Some(6),
+                    bucket_size: 4,
+                    n_hashes: 2,
+                    ..Default::default()
+                });
+            }
+        }
+        out
+    }
+
+    /// A padded batch (garbage in the padding) against each sequence alone, at the backbone: the outputs of the
+    /// valid steps, the input gradients (zero on the padded steps) and the parameter gradients (the batch's equal to
+    /// the sum of the sequences' own), for every model, causal and bidirectional.
+    #[test]
+    fn padding_never_changes_a_backbone_output_or_gradient() {
+        let (b, t, d) = (3, 9, 3);
+        let lengths = [9usize, 4, 6];
+        let x: Vec<f32> = (0..b * t * d).map(|i| (i as f32 * 0.73).sin() * 2.0).collect(); // (B, T, D)
+        for cfg in every_model_and_direction() {
+            let name = format!("{} bidirectional={}", cfg.kind.name(), cfg.bidirectional);
+            let o = cfg.output_dim();
+            let mut batched = Backbone::new(&cfg, d, 5).unwrap();
+            let mut alone = batched.clone();
+            let mut r = crate::gradcheck::projection_weights(b * t * o, 6); // dL/dy (B, T, O), zero on padded steps
+            zero_padded(&mut r, t, o, &lengths);
+            batched.params_mut().into_iter().for_each(|p| p.grad.fill(0.0));
+            alone.params_mut().into_iter().for_each(|p| p.grad.fill(0.0));
+            let y = batched.forward_padded(&x, b, t, Some(&lengths), None).unwrap();
+            let y_infer = batched.clone().infer_padded(&x, b, t, Some(&lengths)).unwrap();
+            let dx = batched.backward(&r).unwrap();
+            for (bi, &n) in lengths.iter().enumerate() {
+                let xa = x[bi * t * d..(bi * t + n) * d].to_vec();
+                let ya = alone.forward(&xa, 1, n, None).unwrap(); // (1, n, O)
+                let dxa = alone.backward(&r[bi * t * o..(bi * t + n) * o]).unwrap();
+                for p in 0..n {
+                    for j in 0..o {
+                        let (got, inf, want) = (y[(bi * t + p) * o + j], y_infer[(bi * t + p) * o + j], ya[p * o + j]);
+                        assert!((got - want).abs() < 1e-5 && (inf - want).abs() < 1e-5, "{name}: seq {bi} step {p}: {got} / {inf} vs alone {want}");
+                    }
+                }
+                for p in 0..t {
+                    for j in 0..d {
+                        let got = dx[(bi * t + p) * d + j];
+                        let want = if p < n { dxa[p * d + j] } else { 0.0 };
+                        assert!((got - want).abs() < 1e-5, "{name}: seq {bi} step {p}: dx {got} vs alone {want}");
+                    }
+                }
+            }
+            for (pb, pa) in batched.params().iter().zip(alone.params()) {
+                for (g, w) in pb.grad.iter().zip(&pa.grad) {
+                    assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{name} {}: batched {g} vs sum alone {w}", pb.name);
+                }
+            }
+        }
+    }
+
+    /// The same at the network: pooled predictions (last and mean) of a padded batch equal each sequence's alone,
+    /// and an every-step network ignores whatever gradient arrives for its padded steps.
+    #[test]
+    fn padding_never_changes_a_prediction_or_a_parameter_gradient() {
+        let (b, t, d) = (3, 7, 2);
+        let lengths = [7usize, 2, 5];
+        let x: Vec<f32> = (0..b * t * d).map(|i| (i as f32 * 0.41).cos() * 3.0).collect(); // (B, T, D)
+        let alone_x = |bi: usize, n: usize| Inputs::Dense(x[bi * t * d..(bi * t + n) * d].to_vec());
+        for base in every_model_and_direction() {
+            let name = format!("{} bidirectional={}", base.kind.name(), base.bidirectional);
+            for pooling in [Pooling::Last, Pooling::Mean] {
+                let cfg = ModelConfig { pooling, ..base.clone() };
+                let io = TaskIo { input: InputKind::Dense { dim: d }, output_dim: 3, readout: Readout::LastStep };
+                let mut net = Network::new(&cfg, io, 8).unwrap();
+                let batched = net.predict_padded(&Inputs::Dense(x.clone()), b, t, Some(&lengths)).unwrap(); // (B, 3)
+                for (bi, &n) in lengths.iter().enumerate() {
+                    let alone = net.predict(&alone_x(bi, n), 1, n).unwrap();
+                    for (got, want) in batched[bi * 3..(bi + 1) * 3].iter().zip(&alone) {
+                        assert!((got - want).abs() < 1e-5, "{name} {pooling:?}: seq {bi}: {got} vs alone {want}");
+                    }
+                }
+            }
+            let io = TaskIo { input: InputKind::Dense { dim: d }, output_dim: 2, readout: Readout::EveryStep };
+            let mut batched = Network::new(&base, io, 9).unwrap();
+            let mut alone = batched.clone();
+            let r = crate::gradcheck::projection_weights(b * t * 2, 10); // nonzero on the padded steps too
+            batched.zero_grad();
+            alone.zero_grad();
+            batched.forward_padded(&Inputs::Dense(x.clone()), b, t, Some(&lengths), None).unwrap();
+            batched.backward(&r).unwrap();
+            for (bi, &n) in lengths.iter().enumerate() {
+                alone.forward(&alone_x(bi, n), 1, n, None).unwrap();
+                alone.backward(&r[bi * t * 2..(bi * t + n) * 2]).unwrap();
+            }
+            for (pb, pa) in batched.params().iter().zip(alone.params()) {
+                for (g, w) in pb.grad.iter().zip(&pa.grad) {
+                    assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{name} {}: batched {g} vs sum alone {w}", pb.name);
                 }
             }
         }

@@ -126,9 +126,14 @@ pub struct Trainer {
 
 impl Trainer {
     /// A fresh run of `config`: the network initialised from `config.train.seed`, step 0.
-    pub fn new(config: RunConfig) -> Result<Trainer> {
+    /// The custom task reads its training data here and stores what it inferred in the config (see
+    /// [`Task::prepare`]); a TCN without levels then gets enough for its longest sequence.
+    pub fn new(mut config: RunConfig) -> Result<Trainer> {
         config.validate()?;
-        let task = Task::new(&config.task, config.train.seed)?;
+        let task = Task::prepare(&mut config.task, config.train.seed)?;
+        if config.task.kind == crate::config::TaskKind::Custom {
+            config.model.resolve_for_sequence(task.steps_per_sequence());
+        }
         let network = Network::new(&config.model, task.io(), config.train.seed)?;
         let optimizer = Optimizer::new(&config.train, &network.params());
         let state = TrainState { seed: config.train.seed, metric_name: Some(task.metric_name().to_string()), ..TrainState::default() };
@@ -311,6 +316,11 @@ impl Trainer {
         self.state.last_metric = Some(eval.metric);
         progress.on_eval(self.state.step, &eval);
         Ok(eval)
+    }
+
+    /// The custom task with a test file: the model scored on it; `None` for every other task.
+    pub fn evaluate_test(&mut self) -> Result<Option<Evaluation>> {
+        self.task.evaluate_test(&mut self.network)
     }
 
     /// Mean of the recent training losses (NaN when none).

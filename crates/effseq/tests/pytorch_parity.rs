@@ -206,3 +206,55 @@ fn streaming_step_matches_pytorch() {
         report.finish();
     }
 }
+
+/// Padded-batch fixtures of `make_packed_rnn_fixtures.py`: `pack_padded_sequence` through the module, then
+/// `pad_packed_sequence`; the same layout as the fixtures above plus `lengths (B)`.
+const PACKED_FIXTURES: &[&str] = &[
+    "packed_rnn_lstm_1layer_bidir.safetensors",
+    "packed_rnn_lstm_2layer_bidir.safetensors",
+    "packed_rnn_gru_1layer_bidir.safetensors",
+    "packed_rnn_gru_2layer_bidir_nobias.safetensors",
+    "packed_rnn_lstm_2layer.safetensors",
+];
+
+#[test]
+fn every_packed_fixture_file_is_tested() {
+    let listed: BTreeSet<String> = PACKED_FIXTURES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(fixture_files("packed_rnn_"), listed, "fixture files on disk and PACKED_FIXTURES differ");
+}
+
+#[test]
+fn padded_batch_matches_pack_padded_sequence() {
+    // Outputs (zero at the padded steps), final states at each sequence's length, the input gradient and every
+    // parameter gradient, in training mode; inference gives the same outputs and states.
+    for &name in PACKED_FIXTURES {
+        let fixture = Fixture::load(name, "effseq-packed-rnn-fixture", "1", "make_packed_rnn_fixtures.py");
+        let mut rnn = rnn_from_fixture(&fixture);
+        let (b, t) = fixture.batch_and_time();
+        let x = fixture.tensor("x"); // (B, T, D)
+        let lengths: Vec<usize> = fixture.tensor("lengths").values.iter().map(|&n| n as usize).collect(); // (B)
+        let loss_weights = fixture.tensor("R"); // (B, T, dirs*H)
+
+        rnn.zero_grad();
+        let output = rnn.forward_padded(&x.values, b, t, Some(&lengths), None).unwrap_or_else(|e| panic!("{name}: forward_padded: {e}"));
+        let state = rnn.final_state().unwrap_or_else(|e| panic!("{name}: final_state: {e}"));
+        let dx = rnn.backward(&loss_weights.values).unwrap_or_else(|e| panic!("{name}: backward: {e}"));
+        let inferred = rnn.infer_padded(&x.values, b, t, Some(&lengths)).unwrap_or_else(|e| panic!("{name}: infer_padded: {e}"));
+        let inferred_state = rnn.final_state().unwrap_or_else(|e| panic!("{name}: final_state after infer: {e}"));
+
+        let mut report = Report::new(&fixture);
+        report.check(&fixture, "output", &output);
+        report.check(&fixture, "output", &inferred);
+        report.check(&fixture, "h_n", &state.h);
+        report.check(&fixture, "h_n", &inferred_state.h);
+        if fixture.has("c_n") {
+            report.check(&fixture, "c_n", &state.c);
+            report.check(&fixture, "c_n", &inferred_state.c);
+        }
+        report.check(&fixture, "grad.x", &dx);
+        for param in rnn.params() {
+            report.check(&fixture, &format!("grad.{}", param.name), &param.grad);
+        }
+        report.finish();
+    }
+}

@@ -170,7 +170,11 @@ fn task_config_validation_names_the_field() {
     let err = Task::new(&TaskConfig { seq_len: 250, ..TaskConfig::new(TaskKind::Forecast) }, 0).unwrap_err();
     assert!(matches!(err, Error::Config { .. }) && err.to_string().contains("window of 250"), "{err}");
     for kind in TaskKind::ALL {
-        TaskConfig::new(*kind).validate().unwrap();
+        match kind {
+            // The user's own data has no default file.
+            TaskKind::Custom => assert!(TaskConfig::new(*kind).validate().unwrap_err().to_string().contains("--data FILE")),
+            _ => TaskConfig::new(*kind).validate().unwrap(),
+        }
         assert_eq!(TaskKind::parse(kind.name()).unwrap(), *kind);
     }
 }

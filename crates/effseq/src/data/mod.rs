@@ -13,6 +13,7 @@
 //! - [`idx`]: the IDX binary format of MNIST (magic 2051 for images, 2049 for labels), optionally gzip-compressed.
 //! - [`labelled`]: labelled pixel sequences (UCI digits, MNIST) and the seeded train/test split of a classifier.
 //! - [`series`]: time series in CSV with a regular time axis, explicit gap filling and a chronological split.
+//! - [`custom`]: the user's own sequences (`--task custom`) from CSV, JSON Lines and NumPy files, read incrementally.
 //!
 //! Every malformed or missing file is an [`Error::Data`] naming the file and, for text, the 1-based line.
 
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::rng::rng_for;
 
 pub mod csv;
+pub mod custom;
 pub mod idx;
 pub mod labelled;
 pub mod series;

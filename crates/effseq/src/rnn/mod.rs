@@ -161,6 +161,9 @@ struct DirCache {
 struct LayerCache {
     /// This layer's input, time-major: (T, B, D_l).
     input: Vec<f32>,
+    /// Padded batches of a bidirectional layer: the input with each sequence's valid prefix reversed, which the
+    /// reverse direction reads front to back: (T, B, D_l). Empty otherwise.
+    input_rev: Vec<f32>,
     /// One per direction.
     dirs: Vec<DirCache>,
     /// Dropout mask applied to this layer's output (0 or 1/(1-p)): (T, B, dirs*H); empty when none.
@@ -171,6 +174,8 @@ struct LayerCache {
 struct Cache {
     b: usize,
     t: usize,
+    /// Valid steps of each sequence `(B)` of a right-padded batch; `None` when every sequence fills all T steps.
+    lengths: Option<Vec<usize>>,
     /// False after [`Rnn::infer`]: only the outputs were kept, backward is impossible.
     trainable: bool,
     layers: Vec<LayerCache>,
@@ -271,27 +276,52 @@ impl Rnn {
 
     /// As [`Rnn::forward`], starting from `init` (e.g. the state a previous chunk ended in).
     pub fn forward_from(&mut self, x: &[f32], b: usize, t: usize, init: Option<&RnnState>, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
-        self.run(x, b, t, init, dropout, true)
+        self.run(x, b, t, None, init, dropout, true)
+    }
+
+    /// [`Rnn::forward`] over right-padded sequences with `lengths (B)` valid steps each (PyTorch's
+    /// `pack_padded_sequence`): the reverse direction of a bidirectional layer starts at each sequence's last valid
+    /// step, the outputs at padded steps are zero (as `pad_packed_sequence` writes them), their gradients are
+    /// ignored by [`Rnn::backward`], and [`Rnn::final_state`] holds every sequence's state after its last valid
+    /// step. Padded steps therefore never change an output or a gradient of a valid step.
+    pub fn forward_padded(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>, dropout: Option<&mut Rng>) -> Result<Vec<f32>> {
+        self.run(x, b, t, lengths, None, dropout, true)
     }
 
     /// Inference over the whole sequence `x (B, T, D)` → `(B, T, dirs*H)`: no dropout, and nothing is kept for
     /// backward, so memory does not grow with T beyond the input and output (the input projection runs in
     /// chunks of time steps). [`Rnn::final_state`] still works afterwards.
     pub fn infer(&mut self, x: &[f32], b: usize, t: usize) -> Result<Vec<f32>> {
-        self.run(x, b, t, None, None, false)
+        self.run(x, b, t, None, None, None, false)
     }
 
     /// As [`Rnn::infer`], starting from `init`.
     pub fn infer_from(&mut self, x: &[f32], b: usize, t: usize, init: Option<&RnnState>) -> Result<Vec<f32>> {
-        self.run(x, b, t, init, None, false)
+        self.run(x, b, t, None, init, None, false)
     }
 
-    fn run(&mut self, x: &[f32], b: usize, t: usize, init: Option<&RnnState>, mut dropout: Option<&mut Rng>, keep: bool) -> Result<Vec<f32>> {
+    /// [`Rnn::infer`] over right-padded sequences, see [`Rnn::forward_padded`].
+    pub fn infer_padded(&mut self, x: &[f32], b: usize, t: usize, lengths: Option<&[usize]>) -> Result<Vec<f32>> {
+        self.run(x, b, t, lengths, None, None, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        x: &[f32],
+        b: usize,
+        t: usize,
+        lengths: Option<&[usize]>,
+        init: Option<&RnnState>,
+        mut dropout: Option<&mut Rng>,
+        keep: bool,
+    ) -> Result<Vec<f32>> {
         self.cache = None;
         check_len("rnn input (B, T, D)", &[b, t, self.cfg.input], x.len())?;
         if let Some(s) = init {
             self.check_state(s, b)?;
         }
+        let lengths = check_lengths(lengths, b, t)?;
         self.repack_if_stale();
         let (h, dirs, kind) = (self.cfg.hidden, self.cfg.directions(), self.kind);
         let out_dim = self.cfg.output_dim();
@@ -312,16 +342,27 @@ impl Rnn {
                 }
             };
             let cells = &self.cells[l * dirs..(l + 1) * dirs];
+            // Padded batches: the reverse direction reads each sequence's valid prefix reversed, front to back, so it
+            // starts at the true last step; the padding stays behind the valid steps in both directions.
+            let input_rev = match (dirs, lengths) {
+                (2, Some(lens)) => reverse_valid_prefixes(&input, b, t, d_in, lens),
+                _ => Vec::new(),
+            };
+            // LSTM cell states of every step are kept when the final state must be read at each sequence's length.
+            let keep_cells = keep || lengths.is_some();
             let dir_caches: Vec<DirCache> = if dirs == 2 {
                 let (i0, i1) = (initial(0), initial(1));
-                let inp = &input;
+                let (inp, rev) = (&input, &input_rev);
                 let (f, r) = rayon::join(
-                    || run_direction(kind, &cells[0], inp, b, t, d_in, i0, false, keep, 2),
-                    || run_direction(kind, &cells[1], inp, b, t, d_in, i1, true, keep, 2),
+                    || run_direction(kind, &cells[0], inp, b, t, d_in, i0, false, keep, keep_cells, 2),
+                    || match lengths {
+                        Some(_) => run_direction(kind, &cells[1], rev, b, t, d_in, i1, false, keep, keep_cells, 2),
+                        None => run_direction(kind, &cells[1], inp, b, t, d_in, i1, true, keep, keep_cells, 2),
+                    },
                 );
                 vec![f, r]
             } else {
-                vec![run_direction(kind, &cells[0], &input, b, t, d_in, initial(0), false, keep, 1)]
+                vec![run_direction(kind, &cells[0], &input, b, t, d_in, initial(0), false, keep, keep_cells, 1)]
             };
             // (T, B, dirs*H) layer output.
             let mut output = if dirs == 1 {
@@ -333,8 +374,21 @@ impl Rnn {
                         row[d * h..(d + 1) * h].copy_from_slice(src);
                     }
                 }
+                if let (Some(lens), Some(rev)) = (lengths, dir_caches.get(1)) {
+                    // The reverse direction's outputs back at their time index: position p of a sequence of length n
+                    // was read at step n - 1 - p.
+                    for (bi, &n) in lens.iter().enumerate() {
+                        for p in 0..n {
+                            let (dst, src) = ((p * b + bi) * out_dim + h, ((n - 1 - p) * b + bi) * h);
+                            o[dst..dst + h].copy_from_slice(&rev.h[src..src + h]);
+                        }
+                    }
+                }
                 o
             };
+            if let Some(lens) = lengths {
+                zero_padded_steps(&mut output, b, out_dim, lens);
+            }
             let mut mask = Vec::new();
             if l + 1 < self.cfg.layers && self.cfg.dropout > 0.0 {
                 if let Some(rng) = dropout.as_deref_mut() {
@@ -343,9 +397,14 @@ impl Rnn {
                 }
             }
             let layer_input = std::mem::replace(&mut input, output);
-            layers.push(LayerCache { input: if keep { layer_input } else { Vec::new() }, dirs: dir_caches, mask });
+            layers.push(LayerCache {
+                input: if keep { layer_input } else { Vec::new() },
+                input_rev: if keep { input_rev } else { Vec::new() },
+                dirs: dir_caches,
+                mask,
+            });
         }
-        self.cache = Some(Cache { b, t, trainable: keep, layers });
+        self.cache = Some(Cache { b, t, lengths: lengths.map(<[usize]>::to_vec), trainable: keep, layers });
         let mut y = vec![0.0; input.len()];
         tb_to_bt(&input, b, t, out_dim, &mut y);
         Ok(y)
@@ -368,9 +427,22 @@ impl Rnn {
         for (l, lc) in cache.layers.iter().enumerate() {
             for (d, dc) in lc.dirs.iter().enumerate() {
                 let idx = l * dirs + d;
+                let dst = idx * b * h..(idx + 1) * b * h;
+                if let Some(lens) = &cache.lengths {
+                    // Padded batch: both directions ran front to back (the reverse one over the reversed valid
+                    // prefixes), so each sequence's state is the one after its step n - 1; the cell states of every
+                    // step were kept for this.
+                    for (bi, &n) in lens.iter().enumerate() {
+                        let (row, src) = (dst.start + bi * h, ((n - 1) * b + bi) * h);
+                        s.h[row..row + h].copy_from_slice(&dc.h[src..src + h]);
+                        if !s.c.is_empty() {
+                            s.c[row..row + h].copy_from_slice(&dc.c[src..src + h]);
+                        }
+                    }
+                    continue;
+                }
                 // The forward direction ends at t = T-1, the reverse one at t = 0.
                 let last = if d == 0 { t.saturating_sub(1) } else { 0 };
-                let dst = idx * b * h..(idx + 1) * b * h;
                 let h_last = if t == 0 { &dc.h0[..] } else { &dc.h[last * b * h..(last + 1) * b * h] };
                 s.h[dst.clone()].copy_from_slice(h_last);
                 if !s.c.is_empty() {
@@ -398,14 +470,19 @@ impl Rnn {
         // (T, B, dirs*H) gradient w.r.t. the current layer's output.
         let mut dout = vec![0.0; dy.len()];
         bt_to_tb(dy, b, t, out_dim, &mut dout);
+        let lengths = cache.lengths.as_deref();
         for l in (0..self.cfg.layers).rev() {
             let lc = &cache.layers[l];
             if !lc.mask.is_empty() {
                 dout.iter_mut().zip(&lc.mask).for_each(|(g, m)| *g *= m);
             }
+            if let Some(lens) = lengths {
+                // The padded outputs were set to zero: nothing flows back from them.
+                zero_padded_steps(&mut dout, b, out_dim, lens);
+            }
             let d_in = if l == 0 { self.cfg.input } else { out_dim };
             // Split the output gradient per direction: (T, B, H) each.
-            let per_dir: Vec<Vec<f32>> = (0..dirs)
+            let mut per_dir: Vec<Vec<f32>> = (0..dirs)
                 .map(|d| {
                     if dirs == 1 {
                         std::mem::take(&mut dout)
@@ -414,15 +491,24 @@ impl Rnn {
                     }
                 })
                 .collect();
+            if let (Some(lens), 2) = (lengths, dirs) {
+                // The reverse direction ran over the reversed valid prefixes: its gradient in that order too.
+                per_dir[1] = reverse_valid_prefixes(&per_dir[1], b, t, h, lens);
+            }
             let cells = &mut self.cells[l * dirs..(l + 1) * dirs];
             let mut dx = vec![0.0; t * b * d_in];
             if dirs == 2 {
                 let (c0, c1) = cells.split_at_mut(1);
                 let mut dx1 = vec![0.0; t * b * d_in];
+                // Padded batches: the reverse direction ran front to back over `input_rev`.
+                let (rev_input, reverse) = if lengths.is_some() { (&lc.input_rev, false) } else { (&lc.input, true) };
                 rayon::join(
                     || backward_direction(kind, &mut c0[0], &lc.input, &lc.dirs[0], &per_dir[0], b, t, d_in, false, 2, &mut dx),
-                    || backward_direction(kind, &mut c1[0], &lc.input, &lc.dirs[1], &per_dir[1], b, t, d_in, true, 2, &mut dx1),
+                    || backward_direction(kind, &mut c1[0], rev_input, &lc.dirs[1], &per_dir[1], b, t, d_in, reverse, 2, &mut dx1),
                 );
+                if let Some(lens) = lengths {
+                    dx1 = reverse_valid_prefixes(&dx1, b, t, d_in, lens);
+                }
                 dx.iter_mut().zip(&dx1).for_each(|(a, v)| *a += v);
             } else {
                 backward_direction(kind, &mut cells[0], &lc.input, &lc.dirs[0], &per_dir[0], b, t, d_in, false, 1, &mut dx);
@@ -589,6 +675,7 @@ const INFER_CHUNK: usize = 256;
 /// With `keep` (training) the gates of every step, the cell states (LSTM) and the recurrent candidate
 /// term (GRU) are kept for backward, and the input projection is one GEMM over all T*B rows. Without it
 /// (inference) only the outputs are kept, and the projection runs in chunks of [`INFER_CHUNK`] steps.
+/// `keep_cells` (implied by `keep`) keeps the LSTM cell state of every step, `(T, B, H)`, also in inference.
 #[allow(clippy::too_many_arguments)]
 fn run_direction(
     kind: Kind,
@@ -600,6 +687,7 @@ fn run_direction(
     init: (Vec<f32>, Vec<f32>),
     reverse: bool,
     keep: bool,
+    keep_cells: bool,
     directions: usize,
 ) -> DirCache {
     let h = cell.w_hh.shape[1];
@@ -613,9 +701,10 @@ fn run_direction(
     let mut gates = vec![0.0; chunk * b * gh]; // (chunk, B, G*H): input projections, then activated gates
     let mut hs = vec![0.0; t * step]; // (T, B, H)
     let lstm = kind == Kind::Lstm;
-    let mut cs = if lstm && keep { vec![0.0; t * step] } else { Vec::new() }; // (T, B, H), training only
-                                                                              // Inference keeps two (B, H) cell states: the state after global step s lives in block (s + 1) % 2.
-    let mut c_pp = if lstm && !keep { [c0.clone(), c0.clone()].concat() } else { Vec::new() }; // (2, B, H)
+    let keep_cells = keep || keep_cells;
+    let mut cs = if lstm && keep_cells { vec![0.0; t * step] } else { Vec::new() }; // (T, B, H)
+                                                                                    // Otherwise two (B, H) cell states: the state after global step s lives in block (s + 1) % 2.
+    let mut c_pp = if lstm && !keep_cells { [c0.clone(), c0.clone()].concat() } else { Vec::new() }; // (2, B, H)
     let mut hn = if kind == Kind::Gru && keep { vec![0.0; t * step] } else { Vec::new() }; // (T, B, H)
     let mut hw = vec![0.0; b * gh]; // (B, G*H) GRU recurrent projection
     let n = team::team_size(b, h, gh, directions);
@@ -637,8 +726,8 @@ fn run_direction(
         let (gp, hp, cp, ppp, hnp, hwp) = (
             team::Shared(gates.as_mut_ptr()),
             team::Shared(hs.as_mut_ptr()),
-            if keep && lstm { team::Shared(cs.as_mut_ptr()) } else { team::Shared::null() },
-            if !keep && lstm { team::Shared(c_pp.as_mut_ptr()) } else { team::Shared::null() },
+            if keep_cells && lstm { team::Shared(cs.as_mut_ptr()) } else { team::Shared::null() },
+            if !keep_cells && lstm { team::Shared(c_pp.as_mut_ptr()) } else { team::Shared::null() },
             if keep && !lstm { team::Shared(hn.as_mut_ptr()) } else { team::Shared::null() },
             team::Shared(hw.as_mut_ptr()),
         );
@@ -671,7 +760,7 @@ fn run_direction(
                             team::gate_columns_acc(b, h_prev, h, &cell.w_hh_t, g_count, h, u.clone(), team::Shared(gp.0.add(g_off)), gh);
                             for bi in 0..b {
                                 let row = g_off + bi * gh;
-                                let (c_prev, c_cur): (&[f32], &mut [f32]) = if keep {
+                                let (c_prev, c_cur): (&[f32], &mut [f32]) = if keep_cells {
                                     let c_prev = match prev {
                                         Some(p) => cp.slice(p * step + bi * h + u.start, w),
                                         None => &c0[bi * h + u.start..bi * h + u.end],
@@ -727,7 +816,7 @@ fn run_direction(
         done += t1 - t0;
     }
     // Cell state after the last processed step.
-    let c_last = match (lstm, keep) {
+    let c_last = match (lstm, keep_cells) {
         (false, _) => Vec::new(),
         (true, false) => c_pp[(t % 2) * step..(t % 2 + 1) * step].to_vec(),
         (true, true) if t == 0 => c0.clone(),
@@ -924,6 +1013,41 @@ fn dropout_mask(rng: &mut Rng, n: usize, p: f32) -> Vec<f32> {
     use rand::Rng as _;
     let keep = 1.0 / (1.0 - p);
     (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect()
+}
+
+/// `lengths` as the valid steps of a batch of `b` sequences of `t` steps: `None` when absent or when every
+/// sequence fills all `t` steps (the unpadded fast path); an error for a wrong count or a length outside `1..=t`.
+fn check_lengths(lengths: Option<&[usize]>, b: usize, t: usize) -> Result<Option<&[usize]>> {
+    let Some(lens) = lengths else { return Ok(None) };
+    check_len("rnn sequence lengths (B)", &[b], lens.len())?;
+    if let Some((i, &n)) = lens.iter().enumerate().find(|&(_, &n)| n == 0 || n > t) {
+        return Err(Error::Invalid(format!("rnn: sequence {i} has length {n}, outside 1..={t}")));
+    }
+    Ok(lens.iter().any(|&n| n != t).then_some(lens))
+}
+
+/// A time-major `(T, B, D)` buffer with every sequence's valid prefix reversed in time (position `p < n` takes
+/// position `n - 1 - p`, the padded steps stay where they are). Its own inverse.
+fn reverse_valid_prefixes(src: &[f32], b: usize, t: usize, d: usize, lengths: &[usize]) -> Vec<f32> {
+    let mut out = src.to_vec(); // (T, B, D)
+    for (bi, &n) in lengths.iter().enumerate() {
+        for p in 0..n.min(t) {
+            let (dst, from) = ((p * b + bi) * d, ((n - 1 - p) * b + bi) * d);
+            out[dst..dst + d].copy_from_slice(&src[from..from + d]);
+        }
+    }
+    out
+}
+
+/// Zeroes the padded steps `p >= lengths[b]` of a time-major `(T, B, D)` buffer.
+fn zero_padded_steps(buf: &mut [f32], b: usize, d: usize, lengths: &[usize]) {
+    for (ti, step) in buf.chunks_exact_mut(b * d).enumerate() {
+        for (bi, &n) in lengths.iter().enumerate() {
+            if ti >= n {
+                step[bi * d..(bi + 1) * d].fill(0.0);
+            }
+        }
+    }
 }
 
 /// `(B, T, D)` → `(T, B, D)`.

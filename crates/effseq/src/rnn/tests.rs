@@ -163,3 +163,79 @@ fn inference_mode_equals_training_forward_and_refuses_backward() {
         assert!(matches!(rnn.backward(&y), Err(Error::Invalid(_))));
     }
 }
+
+/// `x (B, T, D)` sequence `bi` cut to its first `n` steps: `(1, n, D)`.
+fn sequence_prefix(x: &[f32], t: usize, d: usize, bi: usize, n: usize) -> Vec<f32> {
+    x[bi * t * d..(bi * t + n) * d].to_vec()
+}
+
+/// A padded batch gives every sequence exactly what it gets alone: outputs on the valid steps (zero on the padded
+/// ones), final states, input gradients and the sum of the parameter gradients, in training and in inference, with
+/// the reverse direction starting at each sequence's last valid step. Padding values are garbage on purpose.
+#[test]
+fn padded_batch_equals_each_sequence_alone() {
+    use crate::gradcheck::projection_weights;
+    for cfg in configs() {
+        let (b, t, d, o) = (3, 7, cfg.input, cfg.output_dim());
+        let lengths = [7usize, 3, 5];
+        let x = seq(b * t * d, 31); // (B, T, D), padding included
+        let r = projection_weights(b * t * o, 32); // dL/dy, nonzero on padded steps too
+        let mut batched = Rnn::new(&cfg, 30).unwrap();
+        batched.zero_grad();
+        let y = batched.forward_padded(&x, b, t, Some(&lengths), None).unwrap();
+        let state = batched.final_state().unwrap();
+        let dx = batched.backward(&r).unwrap();
+        assert_eq!(y, batched.infer_padded(&x, b, t, Some(&lengths)).unwrap(), "{cfg:?}: inference equals training");
+        let state_inf = batched.final_state().unwrap();
+        assert_eq!((&state.h, &state.c), (&state_inf.h, &state_inf.c), "{cfg:?}: inference final state");
+
+        let mut alone = Rnn::new(&cfg, 30).unwrap();
+        alone.zero_grad();
+        let (h, layers_dirs) = (cfg.hidden, cfg.layers * cfg.directions());
+        for (bi, &n) in lengths.iter().enumerate() {
+            let ya = alone.forward(&sequence_prefix(&x, t, d, bi, n), 1, n, None).unwrap(); // (1, n, O)
+            let sa = alone.final_state().unwrap();
+            let ra = sequence_prefix(&r, t, o, bi, n);
+            let dxa = alone.backward(&ra).unwrap();
+            for p in 0..t {
+                for j in 0..o {
+                    let got = y[(bi * t + p) * o + j];
+                    let want = if p < n { ya[p * o + j] } else { 0.0 };
+                    assert!((got - want).abs() < 1e-5, "{cfg:?} seq {bi} step {p}: output {got} vs alone {want}");
+                }
+                for j in 0..d {
+                    let got = dx[(bi * t + p) * d + j];
+                    let want = if p < n { dxa[p * d + j] } else { 0.0 };
+                    assert!((got - want).abs() < 1e-5, "{cfg:?} seq {bi} step {p}: dx {got} vs alone {want}");
+                }
+            }
+            for ld in 0..layers_dirs {
+                for j in 0..h {
+                    let got = state.h[(ld * b + bi) * h + j];
+                    assert!((got - sa.h[ld * h + j]).abs() < 1e-5, "{cfg:?} seq {bi}: h_n[{ld}]");
+                    if !state.c.is_empty() {
+                        assert!((state.c[(ld * b + bi) * h + j] - sa.c[ld * h + j]).abs() < 1e-5, "{cfg:?} seq {bi}: c_n[{ld}]");
+                    }
+                }
+            }
+        }
+        for (pb, pa) in batched.params().iter().zip(alone.params()) {
+            for (g, w) in pb.grad.iter().zip(&pa.grad) {
+                assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{cfg:?} {}: batched {g} vs sum alone {w}", pb.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn full_lengths_take_the_unpadded_path_and_bad_lengths_are_errors() {
+    let cfg = RnnConfig { kind: ModelKind::Gru, input: 3, hidden: 4, layers: 2, bidirectional: true, dropout: 0.0, bias: true };
+    let (b, t) = (2, 5);
+    let mut rnn = Rnn::new(&cfg, 1).unwrap();
+    let x = seq(b * t * 3, 2);
+    let plain = rnn.forward(&x, b, t, None).unwrap();
+    assert_eq!(plain, rnn.forward_padded(&x, b, t, Some(&[5, 5]), None).unwrap(), "bit for bit");
+    assert!(matches!(rnn.forward_padded(&x, b, t, Some(&[5]), None), Err(Error::Shape { .. })));
+    assert!(matches!(rnn.forward_padded(&x, b, t, Some(&[0, 5]), None), Err(Error::Invalid(_))));
+    assert!(matches!(rnn.infer_padded(&x, b, t, Some(&[6, 5])), Err(Error::Invalid(_))));
+}

@@ -10,6 +10,7 @@ use crate::rng::{rng_for, streams, Rng};
 pub mod adding;
 pub mod charlm;
 pub mod copy;
+pub mod custom;
 pub mod digits;
 pub mod duplicate;
 pub mod forecast;
@@ -75,6 +76,8 @@ pub enum Task {
     SelectiveCopy(selective_copy::SelectiveCopy),
     /// The Reformer duplication task, [`duplicate`].
     Duplicate(duplicate::Duplicate),
+    /// The user's own data, [`custom`] (boxed: it holds its splits).
+    Custom(Box<custom::Custom>),
 }
 
 /// The result of evaluating a model on a task's evaluation set.
@@ -99,6 +102,9 @@ pub struct Evaluation {
     /// seasonal-naive baselines on the same test windows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forecast: Option<forecast::ForecastMetrics>,
+    /// Custom real-valued targets: the mean absolute error on the original scale (the metric is the MSE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f32>,
 }
 
 impl Task {
@@ -115,7 +121,21 @@ impl Task {
             TaskKind::Listops => listops::ListOps::io(),
             TaskKind::SelectiveCopy => selective_copy::SelectiveCopy::io(),
             TaskKind::Duplicate => duplicate::Duplicate::io_for(duplicate::DEFAULT_VOCAB),
+            TaskKind::Custom => match &cfg.custom {
+                Some(c) if c.is_resolved() => custom::io_of(c, cfg.horizon),
+                _ => return Err(Error::config("the custom task's inputs and outputs are known once its training data was read (Task::prepare)")),
+            },
         })
+    }
+
+    /// [`Task::new`], except that the custom task may start from an unresolved config: it reads its training data
+    /// and fills in `cfg.custom` and `cfg.seq_len` (what a checkpoint must store). Every other task is [`Task::new`].
+    pub fn prepare(cfg: &mut TaskConfig, seed: u64) -> Result<Task> {
+        if cfg.kind == TaskKind::Custom {
+            cfg.validate()?;
+            return Ok(Task::Custom(Box::new(custom::Custom::prepare(cfg, seed)?)));
+        }
+        Task::new(cfg, seed)
     }
 
     /// The task of `cfg`, whose every random stream derives from `seed`. The real-data tasks load their files
@@ -132,6 +152,7 @@ impl Task {
             TaskKind::Listops => Task::Listops(listops::ListOps::new(cfg.seq_len, listops::PUBLISHED_TRAIN_SIZE, cfg.eval_size, seed)?),
             TaskKind::SelectiveCopy => Task::SelectiveCopy(selective_copy::SelectiveCopy::new(cfg.seq_len, cfg.eval_size, seed)?),
             TaskKind::Duplicate => Task::Duplicate(duplicate::Duplicate::new(cfg.seq_len, cfg.eval_size, seed)?),
+            TaskKind::Custom => Task::Custom(Box::new(custom::Custom::new(cfg, seed)?)),
         };
         if let (Some(fixed), Some(found)) = (cfg.kind.fixed_seq_len(), task.fixed_data_seq_len()) {
             if fixed != found {
@@ -155,6 +176,7 @@ impl Task {
             Task::Listops(_) => TaskKind::Listops,
             Task::SelectiveCopy(_) => TaskKind::SelectiveCopy,
             Task::Duplicate(_) => TaskKind::Duplicate,
+            Task::Custom(_) => TaskKind::Custom,
         }
     }
 
@@ -170,6 +192,7 @@ impl Task {
             Task::Listops(_) => listops::ListOps::io(),
             Task::SelectiveCopy(_) => selective_copy::SelectiveCopy::io(),
             Task::Duplicate(d) => d.io(),
+            Task::Custom(c) => c.io(),
         }
     }
 
@@ -184,6 +207,7 @@ impl Task {
             Task::Forecast(_) => forecast::Forecast::metric_name(),
             Task::Charlm(_) => "bpc",
             Task::Listops(_) | Task::SelectiveCopy(_) | Task::Duplicate(_) => "accuracy",
+            Task::Custom(c) => c.metric_name(),
         }
     }
 
@@ -197,6 +221,7 @@ impl Task {
             Task::Forecast(_) => forecast::Forecast::higher_is_better(),
             Task::Charlm(_) => false,
             Task::Listops(_) | Task::SelectiveCopy(_) | Task::Duplicate(_) => true,
+            Task::Custom(c) => c.higher_is_better(),
         }
     }
 
@@ -218,6 +243,7 @@ impl Task {
             Task::Listops(l) => l.baseline_note(),
             Task::SelectiveCopy(c) => c.baseline_note(),
             Task::Duplicate(d) => d.baseline_note(),
+            Task::Custom(c) => c.baseline_note(),
         }
     }
 
@@ -234,6 +260,7 @@ impl Task {
             Task::Listops(l) => l.max_len(),
             Task::SelectiveCopy(c) => c.total_len(),
             Task::Duplicate(d) => d.seq_len(),
+            Task::Custom(c) => c.seq_len(),
         }
     }
 
@@ -242,7 +269,14 @@ impl Task {
         match self {
             Task::Digits(d) => Some(d.seq_len()),
             Task::Smnist(s) => Some(s.seq_len()),
-            Task::Adding(_) | Task::Copy(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) | Task::SelectiveCopy(_) | Task::Duplicate(_) => None,
+            Task::Adding(_)
+            | Task::Copy(_)
+            | Task::Forecast(_)
+            | Task::Charlm(_)
+            | Task::Listops(_)
+            | Task::SelectiveCopy(_)
+            | Task::Duplicate(_)
+            | Task::Custom(_) => None,
         }
     }
 
@@ -261,6 +295,7 @@ impl Task {
             Task::Listops(l) => l.train_batch(step, batch).batch,
             Task::SelectiveCopy(c) => c.train_batch(step, batch),
             Task::Duplicate(d) => d.train_batch(step, batch),
+            Task::Custom(c) => c.train_batch(step, batch),
         }
     }
 
@@ -277,6 +312,7 @@ impl Task {
             Task::Listops(l) => l.eval_size(),
             Task::SelectiveCopy(c) => c.eval_size(),
             Task::Duplicate(d) => d.eval_size(),
+            Task::Custom(c) => c.eval_size(),
         }
     }
 
@@ -292,6 +328,7 @@ impl Task {
             Task::Listops(l) => l.seed(),
             Task::SelectiveCopy(c) => c.seed(),
             Task::Duplicate(d) => d.seed(),
+            Task::Custom(c) => c.seed(),
         }
     }
 
@@ -305,9 +342,23 @@ impl Task {
             Task::Adding(_) | Task::Copy(_) | Task::SelectiveCopy(_) | Task::Duplicate(_) => {
                 EvalSource::Generated(Box::new(rng_for(self.seed(), streams::EVAL_DATA)))
             }
-            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) => EvalSource::Fixed { next: 0 },
+            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) | Task::Custom(_) => EvalSource::Fixed { next: 0 },
         };
         EvalSet { task: self, source, remaining: self.eval_size(), per_batch }
+    }
+
+    /// The custom task with a test file: `network` scored on it (as [`Task::evaluate`] on the validation set);
+    /// `None` for every other task.
+    pub fn evaluate_test(&self, network: &mut Network) -> Result<Option<Evaluation>> {
+        let Task::Custom(c) = self else { return Ok(None) };
+        let per_batch = (EVAL_STEPS_PER_BATCH / self.steps_per_sequence().max(1)).clamp(1, EVAL_MAX_BATCH);
+        let Some(batches) = c.test_batches(per_batch) else { return Ok(None) };
+        let mut acc = EvalAccumulator::default();
+        for batch in &batches {
+            let outputs = network.predict_padded(&batch.inputs, batch.batch, batch.seq_len, batch.lengths.as_deref())?;
+            acc.add(self, &outputs, batch)?;
+        }
+        acc.finish(self).map(Some)
     }
 
     /// Runs `network` over the evaluation set (forward only, dropout off) and scores it.
@@ -328,7 +379,7 @@ impl Task {
             Task::Copy(c) => Some(c.generate(rng, count)),
             Task::SelectiveCopy(c) => Some(c.generate(rng, count)),
             Task::Duplicate(d) => Some(d.generate(rng, count)),
-            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) => None,
+            Task::Digits(_) | Task::Smnist(_) | Task::Forecast(_) | Task::Charlm(_) | Task::Listops(_) | Task::Custom(_) => None,
         }
     }
 
@@ -342,6 +393,7 @@ impl Task {
             Task::Forecast(f) => Some(f.eval_batch(start, count)),
             Task::Charlm(c) => Some(c.eval_batch(start, count)),
             Task::Listops(l) => Some(l.eval_batch(start, count).batch),
+            Task::Custom(c) => Some(c.eval_batch(start, count)),
         }
     }
 
@@ -351,6 +403,9 @@ impl Task {
     /// over every step), `(B, C)` logits (digits, smnist, cross-entropy) or `(B, horizon * K)` predictions
     /// (forecast, MSE on the normalised scale).
     pub fn loss(&self, outputs: &[f32], batch: &Batch) -> Result<(f32, Vec<f32>)> {
+        if let Task::Custom(c) = self {
+            return c.loss(outputs, batch);
+        }
         let io = self.io();
         let rows = match io.readout {
             Readout::LastStep => batch.batch,
@@ -428,6 +483,9 @@ pub struct EvalAccumulator {
     forecast_outputs: Vec<f32>,
     /// Sequences seen.
     sequences: usize,
+    /// Custom real-valued targets: sums of squared and absolute errors on the original scale.
+    squared_error_sum: f64,
+    absolute_error_sum: f64,
 }
 
 impl EvalAccumulator {
@@ -480,6 +538,19 @@ impl EvalAccumulator {
                 self.loss_sum += f64::from(ce.loss) * ce.counted as f64;
                 self.loss_terms += ce.counted;
             }
+            Task::Custom(c) => {
+                let score = c.score(outputs, batch)?;
+                self.loss_sum += f64::from(score.loss) * score.terms as f64;
+                self.loss_terms += score.terms;
+                if c.higher_is_better() {
+                    self.scored += score.terms;
+                    self.correct += score.correct;
+                } else {
+                    self.squared_error_sum += score.sq;
+                    self.absolute_error_sum += score.abs;
+                    self.scored += score.terms;
+                }
+            }
         }
         Ok(())
     }
@@ -508,6 +579,12 @@ impl EvalAccumulator {
                 let metrics = f.test_metrics(&self.forecast_outputs)?;
                 (metrics.mse as f32, None, Some(metrics))
             }
+            Task::Custom(c) if c.higher_is_better() => (accuracy, None, None),
+            Task::Custom(_) => (mean(self.squared_error_sum, self.scored), None, None),
+        };
+        let mae = match task {
+            Task::Custom(c) if !c.higher_is_better() => Some(mean(self.absolute_error_sum, self.scored)),
+            _ => None,
         };
         Ok(Evaluation {
             loss,
@@ -517,6 +594,7 @@ impl EvalAccumulator {
             sequences: self.sequences,
             recall_loss,
             forecast,
+            mae,
         })
     }
 }
