@@ -938,6 +938,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(bytes).unwrap();
     encoder.finish().unwrap()
+}
 
 /// A tiny long-format CSV of variable-length sequences (2 to 5 steps of 2 features) whose class is the sign of the
 /// first feature's sum, with a header and an id column.

@@ -981,7 +981,7 @@ mod tests {
                     levels: Some(2),
                     heads: 2,
                     features: Some(6),
-                    bucket_size: 4,
+                    bucket_size: Some(4),
                     n_hashes: 2,
                     ..Default::default()
                 });
