@@ -7,7 +7,7 @@ the parsed figures in docs/results/<section>.json, and renders the README's tabl
 headed by the command that wrote it. `--render` re-renders the Markdown from the JSON without measuring again.
 
     python3 scripts/results_effseq.py SECTION [--quick] [--render]
-    SECTION: main | bench | stream | reversible | selective-copy | duplicate | charlm | smnist | compare
+    SECTION: main | custom | bench | stream | reversible | selective-copy | duplicate | charlm | smnist | compare
 
 Python's standard library only. `--quick` runs every configuration at a tiny size to test the pipeline; its files
 are not written (set EFFSEQ_RESULTS_WRITE_QUICK=1 to write them anyway, e.g. to test the rendering).
@@ -75,7 +75,9 @@ class Section:
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
         evals = [(int(m.group(1)), m.group(2), float(m.group(3))) for line in (proc.stdout + proc.stderr).splitlines() if (m := EVAL_LINE.match(line.strip()))]
-        record = {"args": args, "summary": summary, "evals": evals, "wall_s": wall, "peak_rss_mib": int(rss.group(1)) / 1024 if rss else None}
+        # With --json the human-readable lines go to stderr, beside /usr/bin/time's report (its lines start with a tab).
+        printed = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("\t")]
+        record = {"args": args, "summary": summary, "evals": evals, "wall_s": wall, "peak_rss_mib": int(rss.group(1)) / 1024 if rss else None, "printed": printed}
         self.data["runs"][key] = record
         return record
 
@@ -121,6 +123,32 @@ def render_main(data: dict) -> str:
     sm = r["summary"]
     lines = [f"| step | eval mse |", "|---:|---:|"] + [f"| {st} | {v:.5f} |" for st, _, v in r["evals"]]
     return header(data) + "\n".join(lines) + f"\n\nFinal: eval mse {sm['eval_metric']:.5f}, train loss {sm['train_loss']:.5f}, {sm['steps']} steps in {sm['wall_time_s']:.1f} s ({sm['steps_per_s']:.1f} steps/s), peak RSS {r['peak_rss_mib']:.0f} MiB.\n"
+
+
+# ---- your own data: the README's worked example --------------------------------------------------------------
+
+CUSTOM_TRAIN = ["train", "--data", "data/seattle-weeks-train.csv", "--test", "data/seattle-weeks-test.csv", "--id-column", "week", "--model", "gru", "--hidden", "32", "--bidirectional", "--steps", "400", "--eval-every", "100"]
+
+
+def custom(s: Section) -> str:
+    out = s.out("weeks")
+    record = s.run("train", [*CUSTOM_TRAIN, "--out", out])
+    proc, wall, _ = s.execute(BIN, ["predict", "--checkpoint", out, "--data", "data/seattle-weeks-test.csv", "--out", os.path.join(s.tmp, "weeks-2015.csv")])
+    with open(os.path.join(s.tmp, "weeks-2015.csv")) as f:
+        s.data["predictions_head"] = f.read().splitlines()[:4]
+    s.data["predict_output"] = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("predicted")]
+    # The runs went to a scratch directory; the README's commands write to runs/.
+    for key in ("predict_output",):
+        s.data[key] = [line.replace(s.tmp, "runs") for line in s.data[key]]
+    record["printed"] = [line.replace(s.tmp, "runs") for line in record["printed"]]
+    del record
+    return render_custom(s.data)
+
+
+def render_custom(data: dict) -> str:
+    train = data["runs"]["train"]["printed"]
+    predicted = data["predict_output"]
+    return header(data) + "```\n$ effseq " + " ".join(CUSTOM_TRAIN) + " --out runs/weeks\n" + "\n".join(train) + "\n```\n\n```\n$ effseq predict --checkpoint runs/weeks --data data/seattle-weeks-test.csv --out runs/weeks-2015.csv\n" + "\n".join(predicted) + "\n$ head -4 runs/weeks-2015.csv\n" + "\n".join(data["predictions_head"]) + "\n```\n"
 
 
 # ---- selective copy (Gu & Dao 2023, sec. 4.1.1) ---------------------------------------------------------------
@@ -357,6 +385,7 @@ SECTIONS = {
     "duplicate": (duplicate, render_duplicate),
     "charlm": (charlm, render_charlm),
     "smnist": (smnist, render_smnist),
+    "custom": (custom, render_custom),
     "bench": (bench, render_bench),
     "stream": (stream, render_stream),
     "reversible": (reversible, render_reversible),
