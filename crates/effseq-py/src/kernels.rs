@@ -347,7 +347,7 @@ fn favor_features<'py>(
 /// The feature kernel named `name`.
 fn feature_kernel(py: Python<'_>, name: &str) -> PyResult<FeatureKernel> {
     match name {
-        "softmax" => Ok(FeatureKernel::Softmax),
+        "softmax" => Ok(FeatureKernel::SOFTMAX),
         "relu" => Ok(FeatureKernel::Relu),
         other => Err(error(py, ErrorKind::Config, format!("unknown FAVOR+ kernel '{other}' (expected one of: softmax, relu)"))),
     }
