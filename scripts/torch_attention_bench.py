@@ -10,36 +10,39 @@ One self-attention layer of width D with H heads (input projection, attention, o
                fits in memory; fast-transformers' C++ causal_product does not build here, see scripts/README.md);
 * `performer`  performer-pytorch's own `SelfAttention(dim=D, heads=H, causal=...)` (FAVOR+, Dh ln Dh features).
 
-After warm-up it times `--repeats` runs of `forward` (under no_grad) and `forward+backward` (loss = out.sum(),
+After warm-up it times `--repeats` runs of `forward` (under no_grad) and `train` (forward+backward: loss = out.sum(),
 gradients of the parameters and the input) and prints median and minimum milliseconds per configuration. Each
-configuration runs in a fresh subprocess so that the peak RSS reported beside it is that configuration's own.
+configuration runs in a fresh subprocess so that the peak RSS reported beside it is that configuration's own. The
+time guard (`--budget`, `--max-rss-gib`; scripts/bench_timing.py) cuts long configurations short and skips longer
+ones estimated over it; `--json FILE` writes records in the shape of `effseq bench --json-file`.
 torch is only needed for this script and the fixture generators; see scripts/README.md.
 
     ~/torchenv/bin/python scripts/torch_attention_bench.py --models softmax,linear,performer --batch 1,8 \
-        --seq-lens 1024,4096,16384 --json torch_attention.json
+        --seq-lens 1024,4096 --budget 15 --json torch_attention.json
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
-import resource
-import statistics
-import subprocess
 import sys
-import time
 import warnings
+
+from bench_timing import HEADER, isolated_grid, peak_rss_bytes, record, time_runs, write_report
 
 warnings.filterwarnings("ignore")
 
 
-def one(model: str, b: int, t: int, d: int, h: int, mode: str, repeats: int, warmup: int, threads: int, causal: bool) -> dict:
+def one(model: str, mode: str, b: int, t: int, a: argparse.Namespace) -> dict:
+    """Times one configuration in this process; returns its record."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    d, h, causal = a.dim, a.heads, not a.bidirectional
     dh = d // h
     if model == "performer":
         from performer_pytorch import SelfAttention
@@ -66,19 +69,16 @@ def one(model: str, b: int, t: int, d: int, h: int, mode: str, repeats: int, war
 
         layer = Layer()
     x = torch.randn(b, t, d, requires_grad=(mode == "train"))
-    times = []
-    for rep in range(warmup + repeats):
-        start = time.perf_counter()
+
+    def run() -> None:
         if mode == "train":
             layer(x).sum().backward()
         else:
             with torch.no_grad():
                 layer(x)
-        if rep >= warmup:
-            times.append(time.perf_counter() - start)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"model": model, "mode": mode, "batch": b, "seq_len": t, "dim": d, "heads": h, "causal": causal,
-            "median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3, "peak_rss_bytes": rss}
+
+    timing = time_runs(run, a.warmup, a.repeats, a.budget)
+    return record(model, mode, b, t, timing, dim=d, heads=h, causal=causal, threads=torch.get_num_threads(), peak_rss_bytes=peak_rss_bytes())
 
 
 def main() -> None:
@@ -93,38 +93,33 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--timeout", type=float, default=600, help="seconds per configuration before it is reported as skipped")
+    p.add_argument("--budget", type=float, help="seconds one configuration may take (see bench_timing.py; default none)")
+    p.add_argument("--max-rss-gib", type=float, default=8.0, help="skip configurations estimated above this peak RSS (default 8)")
+    p.add_argument("--timeout", type=float, help="seconds before a configuration's process is killed (default 3 x budget + 60, or 600)")
     p.add_argument("--json")
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
         model, mode, b, t = a.one.split(":")
-        print(json.dumps(one(model, int(b), int(t), a.dim, a.heads, mode, a.repeats, a.warmup, a.threads, not a.bidirectional)))
+        print(json.dumps(one(model, mode, int(b), int(t), a)))
         return
-    rows = []
-    print(f"{'model':<10} {'mode':<8} {'B':>3} {'T':>6} {'median ms':>11} {'min ms':>10} {'peak RSS MiB':>13}")
-    for model in a.models.split(","):
-        for mode in a.modes.split(","):
-            for b in map(int, a.batch.split(",")):
-                for t in map(int, a.seq_lens.split(",")):
-                    cmd = [sys.executable, __file__, "--one", f"{model}:{mode}:{b}:{t}", "--dim", str(a.dim), "--heads", str(a.heads),
-                           "--repeats", str(a.repeats), "--warmup", str(a.warmup), "--threads", str(a.threads)]
-                    if a.bidirectional:
-                        cmd.append("--bidirectional")
-                    try:
-                        out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-                        row = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr.strip().splitlines()[-1:]}
-                    except subprocess.TimeoutExpired:
-                        row = {"error": f"over {a.timeout:.0f} s"}
-                    row.update({"model": model, "mode": mode, "batch": b, "seq_len": t})
-                    rows.append(row)
-                    if "error" in row:
-                        print(f"{model:<10} {mode:<8} {b:>3} {t:>6} skipped: {row['error']}", flush=True)
-                    else:
-                        print(f"{model:<10} {mode:<8} {b:>3} {t:>6} {row['median_ms']:>11.2f} {row['min_ms']:>10.2f} {row['peak_rss_bytes'] / 2**20:>13.0f}", flush=True)
+    a.timeout = a.timeout or (3 * a.budget + 60 if a.budget else 600)
+    flags = ["--dim", str(a.dim), "--heads", str(a.heads), "--repeats", str(a.repeats), "--warmup", str(a.warmup), "--threads", str(a.threads)]
+    flags += ["--bidirectional"] if a.bidirectional else []
+    flags += ["--budget", str(a.budget)] if a.budget else []
+
+    def command(model: str, mode: str, b: int, t: int) -> list[str]:
+        return [sys.executable, __file__, "--one", f"{model}:{mode}:{b}:{t}", *flags]
+
+    kinds = [(model, mode, b) for model in a.models.split(",") for mode in a.modes.split(",") for b in map(int, a.batch.split(","))]
+    print(HEADER)
+    records = isolated_grid(kinds, list(map(int, a.seq_lens.split(","))), command, a.budget, a.max_rss_gib * 2**30, a.timeout)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        import torch
+
+        settings = {k: getattr(a, k) for k in ("dim", "heads", "repeats", "warmup", "bidirectional", "budget", "max_rss_gib", "timeout")}
+        versions = {"performer-pytorch": importlib.metadata.version("performer-pytorch")}
+        write_report(a.json, torch.__version__, a.threads, settings, records, versions=versions)
 
 
 if __name__ == "__main__":

@@ -3,52 +3,52 @@
 
 One reformer-pytorch `LSHSelfAttention(dim=D, heads=H, bucket_size=64, n_hashes=4, causal=True)` layer on
 (B, T, D) (D = 256, H = 4 by default; `allow_duplicate_attention=False`, as effseq's layer always counts duplicate
-attention once). After warm-up it times `--repeats` runs of `forward` (under no_grad, eval mode) and
-`forward+backward` (loss = out.sum(), gradients of the parameters and the input) and prints median and minimum
-milliseconds per configuration. Each configuration runs in a fresh subprocess so that the peak RSS beside it is
-that configuration's own. reformer-pytorch needs T to be a multiple of 2 * bucket_size.
+attention once). After warm-up it times `--repeats` runs of `forward` (under no_grad, eval mode) and `train`
+(forward+backward: loss = out.sum(), gradients of the parameters and the input) and prints median and minimum
+milliseconds per configuration. Each configuration runs in a fresh subprocess so that the peak RSS beside it is that
+configuration's own. reformer-pytorch needs T to be a multiple of 2 * bucket_size. The time guard (`--budget`,
+`--max-rss-gib`; scripts/bench_timing.py) cuts long configurations short and skips longer ones estimated over it;
+`--json FILE` writes records in the shape of `effseq bench --json-file`.
 torch is only needed for this script and the fixture generators; see scripts/README.md.
 
-    /work/torchenv/bin/python scripts/torch_lsh_bench.py --batch 1,8 --seq-lens 1024,4096 --threads 2
+    ~/torchenv/bin/python scripts/torch_lsh_bench.py --batch 1,8 --seq-lens 1024,4096 --threads 2 --budget 15
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
-import resource
-import statistics
-import subprocess
 import sys
-import time
 import warnings
+
+from bench_timing import HEADER, isolated_grid, peak_rss_bytes, record, time_runs, write_report
 
 warnings.filterwarnings("ignore")
 
 
-def one(b: int, t: int, d: int, h: int, bucket: int, n_hashes: int, mode: str, repeats: int, warmup: int, threads: int, causal: bool) -> dict:
+def one(mode: str, b: int, t: int, a: argparse.Namespace) -> dict:
+    """Times one configuration in this process; returns its record."""
     import torch
     from reformer_pytorch import LSHSelfAttention
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    layer = LSHSelfAttention(d, heads=h, bucket_size=bucket, n_hashes=n_hashes, causal=causal, allow_duplicate_attention=False)
+    causal = not a.bidirectional
+    layer = LSHSelfAttention(a.dim, heads=a.heads, bucket_size=a.bucket_size, n_hashes=a.n_hashes, causal=causal, allow_duplicate_attention=False)
     layer.train(mode == "train")
-    x = torch.randn(b, t, d, requires_grad=(mode == "train"))
-    times = []
-    for rep in range(warmup + repeats):
-        start = time.perf_counter()
+    x = torch.randn(b, t, a.dim, requires_grad=(mode == "train"))
+
+    def run() -> None:
         if mode == "train":
             layer(x).sum().backward()
         else:
             with torch.no_grad():
                 layer(x)
-        if rep >= warmup:
-            times.append(time.perf_counter() - start)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"model": "reformer-lsh", "mode": mode, "batch": b, "seq_len": t, "dim": d, "heads": h, "bucket_size": bucket,
-            "n_hashes": n_hashes, "causal": causal, "threads": threads,
-            "median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3, "peak_rss_bytes": rss}
+
+    timing = time_runs(run, a.warmup, a.repeats, a.budget)
+    return record("reformer-pytorch", mode, b, t, timing, dim=a.dim, heads=a.heads, bucket_size=a.bucket_size, n_hashes=a.n_hashes,
+                  causal=causal, threads=torch.get_num_threads(), peak_rss_bytes=peak_rss_bytes())
 
 
 def main() -> None:
@@ -64,39 +64,34 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--timeout", type=float, default=600, help="seconds per configuration before it is reported as skipped")
+    p.add_argument("--budget", type=float, help="seconds one configuration may take (see bench_timing.py; default none)")
+    p.add_argument("--max-rss-gib", type=float, default=8.0, help="skip configurations estimated above this peak RSS (default 8)")
+    p.add_argument("--timeout", type=float, help="seconds before a configuration's process is killed (default 3 x budget + 60, or 600)")
     p.add_argument("--json")
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
         mode, b, t = a.one.split(":")
-        row = one(int(b), int(t), a.dim, a.heads, a.bucket_size, a.n_hashes, mode, a.repeats, a.warmup, a.threads, not a.bidirectional)
-        print(json.dumps(row))
+        print(json.dumps(one(mode, int(b), int(t), a)))
         return
-    rows = []
-    print(f"{'mode':<8} {'B':>3} {'T':>6} {'median ms':>11} {'min ms':>10} {'peak RSS MiB':>13}")
-    for mode in a.modes.split(","):
-        for b in map(int, a.batch.split(",")):
-            for t in map(int, a.seq_lens.split(",")):
-                cmd = [sys.executable, __file__, "--one", f"{mode}:{b}:{t}", "--dim", str(a.dim), "--heads", str(a.heads),
-                       "--bucket-size", str(a.bucket_size), "--n-hashes", str(a.n_hashes), "--repeats", str(a.repeats),
-                       "--warmup", str(a.warmup), "--threads", str(a.threads)]
-                if a.bidirectional:
-                    cmd.append("--bidirectional")
-                try:
-                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-                    row = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr.strip().splitlines()[-1:]}
-                except subprocess.TimeoutExpired:
-                    row = {"error": f"over {a.timeout:.0f} s"}
-                row.update({"mode": mode, "batch": b, "seq_len": t})
-                rows.append(row)
-                if "error" in row:
-                    print(f"{mode:<8} {b:>3} {t:>6} skipped: {row['error']}", flush=True)
-                else:
-                    print(f"{mode:<8} {b:>3} {t:>6} {row['median_ms']:>11.2f} {row['min_ms']:>10.2f} {row['peak_rss_bytes'] / 2**20:>13.0f}", flush=True)
+    a.timeout = a.timeout or (3 * a.budget + 60 if a.budget else 600)
+    flags = ["--dim", str(a.dim), "--heads", str(a.heads), "--bucket-size", str(a.bucket_size), "--n-hashes", str(a.n_hashes)]
+    flags += ["--repeats", str(a.repeats), "--warmup", str(a.warmup), "--threads", str(a.threads)]
+    flags += ["--bidirectional"] if a.bidirectional else []
+    flags += ["--budget", str(a.budget)] if a.budget else []
+
+    def command(_model: str, mode: str, b: int, t: int) -> list[str]:
+        return [sys.executable, __file__, "--one", f"{mode}:{b}:{t}", *flags]
+
+    kinds = [("reformer-pytorch", mode, b) for mode in a.modes.split(",") for b in map(int, a.batch.split(","))]
+    print(HEADER)
+    records = isolated_grid(kinds, list(map(int, a.seq_lens.split(","))), command, a.budget, a.max_rss_gib * 2**30, a.timeout)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        import torch
+
+        settings = {k: getattr(a, k) for k in ("dim", "heads", "bucket_size", "n_hashes", "repeats", "warmup", "bidirectional", "budget", "max_rss_gib", "timeout")}
+        versions = {"reformer-pytorch": importlib.metadata.version("reformer-pytorch")}
+        write_report(a.json, torch.__version__, a.threads, settings, records, versions=versions)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ For every T in `--times` it times, after `--warmup` untimed runs,
 * `forward`           the whole sequence under torch.no_grad();
 * `forward+backward`  loss = output.sum(), then backward with respect to the parameters and the input;
 
-and prints the median and minimum milliseconds and the median microseconds per token (B·T tokens).
+and prints the median and minimum milliseconds and the median microseconds per token (B·T tokens). `--json FILE`
+writes every figure as records in the shape of `effseq bench --json-file` (modes `forward` and `train`; see
+scripts/bench_timing.py, which also holds the `--budget` time guard).
 
 `selective_scan_ref` materialises deltaA and deltaB_u of shape (B, E, T, N) and runs a Python loop over T, so its
 memory grows as B·E·T·N·4 bytes per tensor (1 GiB each at B = 8, E = 512, N = 16, T = 4096). Its backward is
@@ -27,32 +29,10 @@ torch is only needed for this script and the fixture generators, never by effseq
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import os
 import platform
-import resource
-import statistics
-import sys
-import time
-from typing import Callable
 
 import torch
-
-
-def load_reference() -> type:
-    """`MambaNet` from the fixture generator next to the tests (one copy of the reference code)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    fixtures = os.path.join(root, "crates", "effseq", "tests", "fixtures")
-    sys.path.insert(0, fixtures)  # for its `fixture_io` import
-    path = os.path.join(fixtures, "make_mamba_fixtures.py")
-    spec = importlib.util.spec_from_file_location("make_mamba_fixtures", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load the reference from {fixtures}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module.MambaNet
+from bench_timing import HEADER, MIB, foreseen_skip, format_record, load_fixture_generator, peak_rss_bytes, record, time_runs, write_report
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,26 +49,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per mode (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--budget", type=float, help="seconds one configuration may take (see bench_timing.py; default none)")
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     return p.parse_args()
-
-
-def time_runs(run: Callable[[], None], warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of `repeats` calls of `run`, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        run()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def main() -> None:
@@ -96,7 +60,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     d = args.d_model
-    model = load_reference()(d, d, args.layers, args.d_state, 4, 2, -(-d // 16)).eval()
+    model = load_fixture_generator("make_mamba_fixtures").MambaNet(d, d, args.layers, args.d_state, 4, 2, -(-d // 16)).eval()
     times = [int(t) for t in args.times.split(",") if t]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
@@ -104,9 +68,10 @@ def main() -> None:
         f"selective_scan_ref, L={args.layers} d_model={d} E={2 * d} N={args.d_state} K=4 B={args.batch}, "
         f"median of {args.repeats} after {args.warmup} warm-up"
     )
-    print(f"{'T':>7} {'mode':18} {'median ms':>12} {'min ms':>12} {'us/token':>10}")
-    results: dict[str, dict[str, object]] = {}
-    for t in times:
+    print(HEADER + f" {'us/token':>10}")
+    records: list[dict] = []
+    previous: dict[str, tuple[int, dict]] = {}  # mode -> (T, record) at the previous length
+    for t in sorted(times):
         x = torch.randn(args.batch, t, d)  # (B, T, D)
         x_grad = x.clone().requires_grad_(True)
 
@@ -119,34 +84,25 @@ def main() -> None:
             x_grad.grad = None
             model(x_grad).sum().backward()
 
-        row: dict[str, object] = {}
-        modes = (("forward", forward, args.max_time), ("forward+backward", forward_backward, args.max_time_backward))
-        for mode, run, cap in modes:
+        modes = (
+            ("forward", forward, args.max_time, "selective_scan_ref's (B, E, T, N) tensors"),
+            ("train", forward_backward, args.max_time_backward, "selective_scan_ref's autograd backward is quadratic in T"),
+        )
+        for mode, run, cap, why in modes:
+            estimate = foreseen_skip(previous.get(mode), t, args.budget, None)
             if t > cap:
-                row[mode] = f"skipped: T > {cap} (selective_scan_ref's (B, E, T, N) tensors)"
-                print(f"{t:>7} {mode:18} {'skipped (T > ' + str(cap) + ')':>36}")
-                continue
-            seconds = time_runs(run, args.warmup, args.repeats)
-            med = statistics.median(seconds)
-            per_token = 1e6 * med / (args.batch * t)
-            row[mode] = {"median_ms": 1e3 * med, "min_ms": 1e3 * min(seconds), "us_per_token": per_token}
-            print(f"{t:>7} {mode:18} {1e3 * med:12.1f} {1e3 * min(seconds):12.1f} {per_token:10.2f}")
-        results[str(t)] = row
-    rss = peak_rss_mib()
-    print(f"peak RSS {rss:.1f} MiB")
+                rec = record("selective_scan_ref", mode, args.batch, t, skipped=f"not run above T = {cap}: {why}")
+            elif estimate:
+                rec = record("selective_scan_ref", mode, args.batch, t, skipped=estimate)
+            else:
+                timing = time_runs(run, args.warmup, args.repeats, args.budget)
+                rec = record("selective_scan_ref", mode, args.batch, t, timing, us_per_token=1e3 * timing["median_ms"] / (args.batch * t))
+            records.append(rec)
+            previous[mode] = (t, rec)
+            print(format_record(rec) + (f" {rec['us_per_token']:10.2f}" if "us_per_token" in rec else ""), flush=True)
+    print(f"peak RSS {peak_rss_bytes() / MIB:.1f} MiB")
     if args.json:
-        with open(args.json, "w") as f:
-            report = {
-                "framework": "pytorch",
-                "torch_version": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "args": vars(args),
-                "results": results,
-                "peak_rss_mib": rss,
-            }
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, torch.__version__, torch.get_num_threads(), vars(args), records)
 
 
 if __name__ == "__main__":

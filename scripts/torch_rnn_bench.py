@@ -10,7 +10,11 @@ warm-up, `--repeats` runs of
 and prints the median and minimum milliseconds per run. `--step` also times one streaming step at batch 1
 (`model(x_t, state)` for a single time step under no_grad, median and minimum microseconds), for comparison with
 effseq's streaming `step`. The peak resident set size of the process (resource.getrusage) is printed at the end,
-and `--json FILE` writes every figure.
+and `--json FILE` writes every figure as records in the shape of `effseq bench --json-file` (modes `forward`,
+`train`, `step`; see scripts/bench_timing.py, which also holds the `--budget` time guard).
+
+`--train-steps N` only runs N forward+backward steps of the first model and exits: the process whose peak RSS
+scripts/results.sh reads with `/usr/bin/time -v` (a training run's memory, `import torch` included).
 
 torch is only needed for this script and the test-fixture generator, never by effseq; see scripts/README.md.
 """
@@ -18,15 +22,10 @@ torch is only needed for this script and the test-fixture generator, never by ef
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import resource
-import statistics
-import sys
-import time
-from typing import Callable
 
 import torch
+from bench_timing import HEADER, MIB, format_record, peak_rss_bytes, record, time_runs, write_report
 
 MODELS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 
@@ -45,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--step", action="store_true", help="also time one streaming step at B=1")
     p.add_argument("--step-repeats", type=int, default=2000, help="timed single steps for --step (default 2000)")
+    p.add_argument("--budget", type=float, help="seconds one configuration may take (see bench_timing.py; default none)")
+    p.add_argument("--train-steps", type=int, metavar="N", help="only run N forward+backward steps of the first model")
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed for parameters and inputs (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     args = p.parse_args()
@@ -60,20 +61,8 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def time_runs(run: Callable[[], None], warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of `repeats` calls of `run`, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        run()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def bench_sequence(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Median and minimum milliseconds of `forward` and `forward+backward` over a (B, T, D) batch."""
+def bench_sequence(model: torch.nn.Module, kind: str, args: argparse.Namespace) -> list[dict]:
+    """Records of `forward` and `train` (forward+backward) over a (B, T, D) batch."""
     x = torch.randn(args.batch, args.time, args.input)  # (B, T, D)
 
     def forward() -> None:
@@ -88,15 +77,14 @@ def bench_sequence(model: torch.nn.Module, args: argparse.Namespace) -> dict[str
         output, _ = model(x_grad)  # (B, T, H)
         output.sum().backward()
 
-    figures = {}
-    for mode, run in (("forward", forward), ("forward+backward", forward_backward)):
-        seconds = time_runs(run, args.warmup, args.repeats)
-        figures[mode] = {"median_ms": 1e3 * statistics.median(seconds), "min_ms": 1e3 * min(seconds)}
-    return figures
+    return [
+        record(kind, mode, args.batch, args.time, time_runs(run, args.warmup, args.repeats, args.budget))
+        for mode, run in (("forward", forward), ("train", forward_backward))
+    ]
 
 
-def bench_step(model: torch.nn.Module, kind: str, args: argparse.Namespace) -> dict[str, float]:
-    """Median and minimum microseconds of one streaming step `model(x_t, state)` at B=1 under no_grad."""
+def bench_step(model: torch.nn.Module, kind: str, args: argparse.Namespace) -> dict:
+    """Record of one streaming step `model(x_t, state)` at B=1 under no_grad (`step_us`: its median in µs)."""
     x_t = torch.randn(1, 1, args.input)  # (B=1, T=1, D)
     h = torch.zeros(args.layers, 1, args.hidden)  # (L, B=1, H)
     state = (h, torch.zeros_like(h)) if kind == "lstm" else h
@@ -106,14 +94,19 @@ def bench_step(model: torch.nn.Module, kind: str, args: argparse.Namespace) -> d
         _, holder["state"] = model(x_t, holder["state"])
 
     with torch.no_grad():
-        seconds = time_runs(step, max(args.warmup, 100), args.step_repeats)
-    return {"median_us": 1e6 * statistics.median(seconds), "min_us": 1e6 * min(seconds)}
+        timing = time_runs(step, max(args.warmup, 100), args.step_repeats)
+    return record(kind, "step", 1, args.time, timing, step_us=1e3 * timing["median_ms"])
 
 
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+def train_only(args: argparse.Namespace) -> None:
+    """`--train-steps N` forward+backward steps of the first model, for an outside peak-RSS reading."""
+    model = MODELS[args.models[0]](args.input, args.hidden, num_layers=args.layers, batch_first=True)
+    x = torch.randn(args.batch, args.time, args.input, requires_grad=True)  # (B, T, D)
+    for _ in range(args.train_steps):
+        model.zero_grad()
+        output, _ = model(x)  # (B, T, H)
+        output.sum().backward()
+    print(f"{args.models[0]}: {args.train_steps} training steps, peak RSS {peak_rss_bytes() / MIB:.1f} MiB")
 
 
 def main() -> None:
@@ -121,48 +114,39 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.train_steps:
+        train_only(args)
+        return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}; "
         f"L={args.layers} D={args.input} H={args.hidden} B={args.batch} T={args.time}, "
         f"{args.warmup} warm-up + {args.repeats} timed runs"
     )
-    print(f"{'model':6} {'mode':18} {'median':>12} {'min':>12}")
-
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    print(HEADER)
+    records: list[dict] = []
     for kind in args.models:
         model = MODELS[kind](args.input, args.hidden, num_layers=args.layers, batch_first=True)
-        results[kind] = bench_sequence(model, args)
-        for mode, f in results[kind].items():
-            print(f"{kind:6} {mode:18} {f['median_ms']:9.2f} ms {f['min_ms']:9.2f} ms")
+        mine = bench_sequence(model, kind, args)
         if args.step:
-            f = results[kind]["step_b1"] = bench_step(model, kind, args)
-            print(f"{kind:6} {'step (B=1)':18} {f['median_us']:9.1f} us {f['min_us']:9.1f} us")
-
-    rss = peak_rss_mib()
-    print(f"peak RSS {rss:.1f} MiB")
+            mine.append(bench_step(model, kind, args))
+        for rec in mine:
+            print(format_record(rec), flush=True)
+        records += mine
+    print(f"peak RSS {peak_rss_bytes() / MIB:.1f} MiB")
     if args.json:
-        report = {
-            "framework": "pytorch",
-            "torch_version": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "config": {
-                "layers": args.layers,
-                "input": args.input,
-                "hidden": args.hidden,
-                "batch": args.batch,
-                "time": args.time,
-                "warmup": args.warmup,
-                "repeats": args.repeats,
-                "step_repeats": args.step_repeats if args.step else None,
-                "batch_first": True,
-            },
-            "results": results,
-            "peak_rss_mib": rss,
+        config = {
+            "layers": args.layers,
+            "input": args.input,
+            "hidden": args.hidden,
+            "batch": args.batch,
+            "time": args.time,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "step_repeats": args.step_repeats if args.step else None,
+            "budget_s": args.budget,
+            "batch_first": True,
         }
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, torch.__version__, torch.get_num_threads(), config, records)
 
 
 if __name__ == "__main__":

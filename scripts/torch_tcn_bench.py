@@ -18,40 +18,24 @@ inputs (1, D, RF) under no_grad (what a PyTorch user of that module does), in mi
 (same channels, kernel, dilations 2^i, weight_norm, ReLU, no skip connections, dropout 0, input_shape 'NLC'),
 and, with `--step`, its streaming mode (`model(x_t, inference=True)` with its internal ring buffers).
 
-The peak resident set size of the process is printed at the end, and `--json FILE` writes every figure.
+The peak resident set size of the process is printed at the end, and `--json FILE` writes every figure as records
+in the shape of `effseq bench --json-file` (modes `forward`, `train`, `step`; scripts/bench_timing.py, which also
+holds the `--budget` time guard).
 torch is only needed for this script and the test-fixture generators, never by effseq; see scripts/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import os
+import importlib.metadata
 import platform
-import resource
-import statistics
-import sys
-import time
 import warnings
 from typing import Callable
 
 import torch
+from bench_timing import HEADER, MIB, format_record, load_fixture_generator, peak_rss_bytes, record, time_runs, write_report
 
 warnings.filterwarnings("ignore", message=".*weight_norm.*deprecated.*")
-
-
-def load_locuslab() -> type:
-    """`TemporalConvNet` from the fixture generator next to the tests (one copy of the locuslab code)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(root, "crates", "effseq", "tests", "fixtures", "make_tcn_fixtures.py")
-    spec = importlib.util.spec_from_file_location("make_tcn_fixtures", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module.TemporalConvNet
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--step", action="store_true", help="also time one next-step output at B=1")
     p.add_argument("--step-repeats", type=int, default=500, help="timed single steps for --step (default 500)")
     p.add_argument("--pytorch-tcn", action="store_true", help="also time the pytorch-tcn package's TCN")
+    p.add_argument("--budget", type=float, help="seconds one configuration may take (see bench_timing.py; default none)")
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed for parameters and inputs (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     args = p.parse_args()
@@ -85,21 +70,9 @@ def receptive_field(args: argparse.Namespace) -> int:
     return 1 + 2 * (args.kernel - 1) * (2**args.levels - 1)
 
 
-def time_runs(run: Callable[[], None], warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of `repeats` calls of `run`, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        run()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def bench_sequence(apply: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module, args) -> dict[str, dict[str, float]]:
-    """Median and minimum milliseconds of `forward` and `forward+backward` over a (B, T, D) batch.
-    `apply(x)` maps (B, T, D) to (B, T, C)."""
+def bench_sequence(name: str, apply: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module, args) -> list[dict]:
+    """Records of `forward` and `train` (forward+backward) over a (B, T, D) batch; `apply(x)` maps (B, T, D) to
+    (B, T, C)."""
     x = torch.randn(args.batch, args.time, args.input)  # (B, T, D)
 
     def forward() -> None:
@@ -113,24 +86,17 @@ def bench_sequence(apply: Callable[[torch.Tensor], torch.Tensor], model: torch.n
         x_grad.grad = None
         apply(x_grad).sum().backward()  # (B, T, C) -> scalar
 
-    figures = {}
-    for mode, run in (("forward", forward), ("forward+backward", forward_backward)):
-        seconds = time_runs(run, args.warmup, args.repeats)
-        figures[mode] = {"median_ms": 1e3 * statistics.median(seconds), "min_ms": 1e3 * min(seconds)}
-    return figures
+    return [
+        record(name, mode, args.batch, args.time, time_runs(run, args.warmup, args.repeats, args.budget))
+        for mode, run in (("forward", forward), ("train", forward_backward))
+    ]
 
 
-def bench_step(step: Callable[[], None], args) -> dict[str, float]:
-    """Median and minimum microseconds of one next-step output under no_grad."""
+def bench_step(name: str, step: Callable[[], None], how: str, args) -> dict:
+    """Record of one next-step output at B=1 under no_grad (`step_us`: its median in µs; `how` says what a step is)."""
     with torch.no_grad():
-        seconds = time_runs(step, max(args.warmup, 20), args.step_repeats)
-    return {"median_us": 1e6 * statistics.median(seconds), "min_us": 1e6 * min(seconds)}
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+        timing = time_runs(step, max(args.warmup, 20), args.step_repeats)
+    return record(name, "step", 1, args.time, timing, step_us=1e3 * timing["median_ms"], step_kind=how)
 
 
 def main() -> None:
@@ -145,28 +111,28 @@ def main() -> None:
         f"L={args.levels} K={args.kernel} D={args.input} C={args.channels} B={args.batch} T={args.time} "
         f"(receptive field {rf}), {args.warmup} warm-up + {args.repeats} timed runs"
     )
-    print(f"{'model':12} {'mode':18} {'median':>12} {'min':>12}")
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    print(HEADER)
+    records: list[dict] = []
 
-    def show(name: str) -> None:
-        for mode, f in results[name].items():
-            if "median_ms" in f:
-                print(f"{name:12} {mode:18} {f['median_ms']:9.2f} ms {f['min_ms']:9.2f} ms")
-            else:
-                print(f"{name:12} {mode:18} {f['median_us']:9.1f} us {f['min_us']:9.1f} us")
+    def show(mine: list[dict]) -> None:
+        for rec in mine:
+            print(format_record(rec), flush=True)
+        records.extend(mine)
 
-    locuslab = load_locuslab()(args.input, channels, kernel_size=args.kernel, dropout=0.0).eval()
-    results["locuslab"] = bench_sequence(lambda x: locuslab(x.transpose(1, 2)).transpose(1, 2), locuslab, args)
+    locuslab = load_fixture_generator("make_tcn_fixtures").TemporalConvNet(args.input, channels, kernel_size=args.kernel, dropout=0.0).eval()
+    mine = bench_sequence("locuslab", lambda x: locuslab(x.transpose(1, 2)).transpose(1, 2), locuslab, args)
     if args.step:
         window = torch.randn(1, args.input, rf)  # (B=1, D, RF): the inputs the next output depends on
-        results["locuslab"]["step_b1 (window)"] = bench_step(lambda: locuslab(window)[:, :, -1], args)
-    show("locuslab")
+        mine.append(bench_step("locuslab", lambda: locuslab(window)[:, :, -1], "re-runs the receptive field", args))
+    show(mine)
 
+    versions = {}
     if args.pytorch_tcn:
         try:
             from pytorch_tcn import TCN
         except ImportError:
             raise SystemExit("--pytorch-tcn needs the package: pip install pytorch-tcn")
+        versions["pytorch-tcn"] = importlib.metadata.version("pytorch-tcn")
         model = TCN(
             args.input,
             channels,
@@ -178,40 +144,30 @@ def main() -> None:
             use_skip_connections=False,
             input_shape="NLC",
         ).eval()
-        results["pytorch-tcn"] = bench_sequence(model, model, args)
+        mine = bench_sequence("pytorch-tcn", model, model, args)
         if args.step:
             model.reset_buffers()
             x_t = torch.randn(1, 1, args.input)  # (B=1, T=1, D)
-            results["pytorch-tcn"]["step_b1 (streaming)"] = bench_step(lambda: model(x_t, inference=True), args)
-        show("pytorch-tcn")
+            mine.append(bench_step("pytorch-tcn", lambda: model(x_t, inference=True), "its streaming mode", args))
+        show(mine)
 
-    rss = peak_rss_mib()
-    print(f"peak RSS {rss:.1f} MiB")
+    print(f"peak RSS {peak_rss_bytes() / MIB:.1f} MiB")
     if args.json:
-        report = {
-            "framework": "pytorch",
-            "torch_version": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "config": {
-                "levels": args.levels,
-                "kernel": args.kernel,
-                "input": args.input,
-                "channels": args.channels,
-                "batch": args.batch,
-                "time": args.time,
-                "receptive_field": rf,
-                "warmup": args.warmup,
-                "repeats": args.repeats,
-                "step_repeats": args.step_repeats if args.step else None,
-                "layout": "input (B, T, D), transposed to (B, D, T) inside the timed region",
-            },
-            "results": results,
-            "peak_rss_mib": rss,
+        config = {
+            "levels": args.levels,
+            "kernel": args.kernel,
+            "input": args.input,
+            "channels": args.channels,
+            "batch": args.batch,
+            "time": args.time,
+            "receptive_field": rf,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "step_repeats": args.step_repeats if args.step else None,
+            "budget_s": args.budget,
+            "layout": "input (B, T, D), transposed to (B, D, T) inside the timed region",
         }
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, torch.__version__, torch.get_num_threads(), config, records, versions=versions)
 
 
 if __name__ == "__main__":
