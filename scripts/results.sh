@@ -5,7 +5,9 @@
 # and scripts/render_results.py writes the table, docs/results/SECTION.md, which the README quotes unchanged.
 #
 # Usage: scripts/results.sh [--quick] [--budget SECS] SECTION [SECTION...]
-#   SECTION   rnn-torch, tcn-torch, attention-torch, mamba-torch, lsh-torch, gemm, or all
+#   SECTION   side by side with PyTorch: rnn-torch, tcn-torch, attention-torch, mamba-torch, lsh-torch, python;
+#             effseq alone (scripts/results_effseq.py): main, custom, bench, stream, reversible, selective-copy,
+#             duplicate, charlm, smnist, compare; gemm; kill-loop; or all
 #   --quick   every section at tiny sizes, written to target/results-quick/ instead: checks the pipeline in seconds,
 #             measures nothing (never commit its output)
 #   --budget  seconds one PyTorch configuration may take, warm-up included (default 15): a longer one is kept as a
@@ -26,6 +28,10 @@ PYTHON=${PYTHON:-$HOME/torchenv/bin/python}
 EFFSEQ=target/release/effseq
 EXAMPLES=target/release/examples
 SECTIONS=(rnn-torch tcn-torch attention-torch mamba-torch lsh-torch gemm)
+# Sections measured by scripts/results_effseq.py (no PyTorch side; it writes docs/results/SECTION.{txt,json,md}).
+EFFSEQ_SECTIONS=(main custom bench stream reversible selective-copy duplicate charlm smnist compare)
+# Sections with their own script: the Python package's kernels against PyTorch, and the kill -9 loop.
+OTHER_SECTIONS=(python kill-loop)
 DEFAULT_BUDGET=15
 BUDGET=$DEFAULT_BUDGET
 QUICK=0
@@ -173,6 +179,30 @@ section_gemm() {
   done
 }
 
+# effseq.torch against the PyTorch code each kernel replaces (scripts/python_kernels_bench.py): the wheel is built
+# and installed into $PYTHON first, so that the figures are of this commit.
+section_python() {
+  "$PYTHON" -m pip install -q maturin
+  "$PYTHON" -m maturin build --release -m crates/effseq-py/Cargo.toml -o target/wheels-results
+  "$PYTHON" -m pip install -q --force-reinstall --no-deps target/wheels-results/effseq-*.whl
+  if ((QUICK)); then
+    "$PYTHON" scripts/python_kernels_bench.py --quick
+  else
+    "$PYTHON" scripts/python_kernels_bench.py --threads "$THREADS" --json docs/results/python-kernels.json --markdown docs/results/python-kernels.md
+  fi
+}
+
+# Crash safety: kill -9 at random moments of a run that checkpoints every step (scripts/kill_loop.sh).
+section_kill_loop() {
+  if ((QUICK)); then
+    mkdir -p target/results-quick
+    EFFSEQ_KILLS=5 EFFSEQ_KILL_REPORT="$PWD/target/results-quick/kill-loop.txt" \
+      cargo test --release -p effseq-cli --test cli kill_loop_long -- --ignored --nocapture
+  else
+    scripts/kill_loop.sh 200
+  fi
+}
+
 # --- driver -------------------------------------------------------------------------------------------------------
 
 run_section() {
@@ -210,11 +240,11 @@ main() {
         BUDGET=$2
         shift
         ;;
-      all) chosen+=("${SECTIONS[@]}") ;;
+      all) chosen+=("${SECTIONS[@]}" "${EFFSEQ_SECTIONS[@]}" "${OTHER_SECTIONS[@]}") ;;
       -h | --help) usage ;;
       *)
-        if [[ " ${SECTIONS[*]} " != *" $1 "* ]]; then
-          echo "unknown section '$1' (expected one of: ${SECTIONS[*]}, all)" >&2
+        if [[ " ${SECTIONS[*]} ${EFFSEQ_SECTIONS[*]} ${OTHER_SECTIONS[*]} " != *" $1 "* ]]; then
+          echo "unknown section '$1' (expected one of: ${SECTIONS[*]} ${EFFSEQ_SECTIONS[*]} ${OTHER_SECTIONS[*]}, all)" >&2
           exit 2
         fi
         chosen+=("$1")
@@ -230,9 +260,19 @@ main() {
     exit 2
   }
   cargo build --release -q -p effseq-cli
-  cargo build --release -q -p effseq --example attention_layer --example lsh_layer
+  cargo build --release -q -p effseq --example attention_layer --example lsh_layer --example reversible_memory
+  local quick=()
+  ((QUICK)) && quick=(--quick)
   for name in "${chosen[@]}"; do
-    run_section "$name"
+    if [[ " ${EFFSEQ_SECTIONS[*]} " == *" $name "* ]]; then
+      echo "=== $name ($(date -u '+%Y-%m-%d %H:%M:%S UTC'), load $(cut -d' ' -f1-3 /proc/loadavg))"
+      python3 scripts/results_effseq.py "$name" "${quick[@]}"
+    elif [[ " ${OTHER_SECTIONS[*]} " == *" $name "* ]]; then
+      echo "=== $name ($(date -u '+%Y-%m-%d %H:%M:%S UTC'), load $(cut -d' ' -f1-3 /proc/loadavg))"
+      "section_${name//-/_}"
+    else
+      run_section "$name"
+    fi
   done
 }
 
