@@ -769,7 +769,9 @@ fn numbers_beyond_their_range_are_usage_errors_not_panics() {
     for r in line["records"].as_array().unwrap() {
         let why = r["skipped"].as_str().unwrap_or_default();
         if r["model"] == "lstm" && r["mode"] == "step" {
-            assert!(r["step_us"].as_f64().is_some(), "a fixed-size state streams at any context: {r}");
+            // A fixed-size state fits in memory at any context, but the step is timed at the context it reports,
+            // and 2^51 steps (at least a microsecond each) are estimated far past the time budget.
+            assert!(why.contains("time budget"), "{r}");
         } else {
             assert!(why.contains("overflows 64 bits") || why.contains("exceeds the limit"), "{r}");
         }
@@ -781,7 +783,9 @@ fn a_checkpoint_is_good_only_with_finite_weights() {
     let dir = tempfile::tempdir().unwrap();
     // A huge learning rate with a checkpoint at every step: the run diverges (exit 4, naming what went non-finite),
     // and the checkpoint it keeps evaluates to a finite metric.
-    for (model, lr) in [("mamba", "1e3"), ("tcn", "1e6")] {
+    // The learning rate ramps up over 200 warmup steps, so both diverge after a few good steps (Adam moves every
+    // weight by about the rate, and the TCN's outputs overflow once it nears 1e4: about step 8 at 3e5 / 200 per step).
+    for (model, lr) in [("mamba", "1e3"), ("tcn", "3e5")] {
         let name = format!("div-{model}");
         let args = [
             "train",
@@ -789,6 +793,8 @@ fn a_checkpoint_is_good_only_with_finite_weights() {
             model,
             "--lr",
             lr,
+            "--warmup",
+            "200",
             "--checkpoint-every",
             "1",
             "--steps",

@@ -320,6 +320,12 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(usize, usize, &BenchRecor
             }
             _ => secs * growth(t0) * (cfg.repeats + 1) as f64,
         });
+        // Before any rate is measured, a streaming step still costs at least a microsecond: a context that this
+        // floor alone puts past the budget (e.g. 2^51 steps, 71 years) is skipped without starting.
+        let est_secs = match (est_secs, mode) {
+            (None, BenchMode::Step) => Some(MIN_STEP_SECS * step_warmup(model, t) as f64),
+            (est, _) => est,
+        };
         if model == ModelKind::Reformer && mode == BenchMode::Step {
             rec.skipped = Some("no incremental form: a Reformer step re-runs the causal prefix (see its forward time)".into());
         } else if est_bytes.is_none_or(|bytes| bytes > cfg.memory_limit_bytes) {
@@ -353,6 +359,9 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(usize, usize, &BenchRecor
 
 /// Streaming steps averaged per timed sample of `step` (one step is a few microseconds).
 const STEP_BLOCK: usize = 200;
+
+/// A lower bound on one streaming step of any model (a few small products), for estimates before a measurement.
+const MIN_STEP_SECS: f64 = 1e-6;
 
 /// Steps that bring a streaming state to context length `t` before `step` is timed: all `t` for every model. A
 /// softmax KV cache costs O(context) per step, and the claim that the other models' step does not depend on the
