@@ -28,6 +28,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "docs", "results")
+# The same folder as the commands see it: they run in ROOT, and their recorded command lines stay machine-independent.
+RESULTS_ARG = os.path.join("docs", "results")
 BIN = os.path.join(ROOT, "target", "release", "effseq")
 EXAMPLES = os.path.join(ROOT, "target", "release", "examples")
 EVAL_LINE = re.compile(r"^step\s+(\d+)/\d+\s+eval (\S+) ([0-9.eE+-]+|NaN|nan|inf)")
@@ -258,7 +260,7 @@ BENCH_MODELS = ["lstm", "gru", "tcn", "transformer", "linear", "performer", "ref
 
 def bench(s: Section) -> str:
     lens = "64,128" if s.quick else "256,1024,4096"
-    files = ["--json-file", os.path.join(RESULTS, "bench-all.json"), "--markdown", os.path.join(RESULTS, "bench-all.md"), "--plot", os.path.join(RESULTS, "bench.svg")]
+    files = ["--json-file", os.path.join(RESULTS_ARG, "bench-all.json"), "--markdown", os.path.join(RESULTS_ARG, "bench-all.md"), "--plot", os.path.join(RESULTS_ARG, "bench.svg")]
     proc, wall, _ = s.execute(BIN, ["bench", "--models", "all", "--mode", "forward,train", "--batch", "1,8", "--seq-lens", lens, *([] if s.quick else files), "--json"])
     s.data["records"] = json.loads(proc.stdout.strip().splitlines()[-1])
     s.data["wall_s"] = wall
@@ -302,7 +304,7 @@ def render_bench(data: dict) -> str:
 
 def stream(s: Section) -> str:
     lens = "64,128" if s.quick else "256,1024,4096,16384"
-    files = ["--json-file", os.path.join(RESULTS, "stream-all.json"), "--markdown", os.path.join(RESULTS, "stream-all.md")]
+    files = ["--json-file", os.path.join(RESULTS_ARG, "stream-all.json"), "--markdown", os.path.join(RESULTS_ARG, "stream-all.md")]
     proc, wall, _ = s.execute(BIN, ["bench", "--models", "all", "--mode", "step", "--batch", "1", "--seq-lens", lens, *([] if s.quick else files), "--json"])
     s.data["records"] = json.loads(proc.stdout.strip().splitlines()[-1])
     return render_stream(s.data)
@@ -373,7 +375,7 @@ def compare(s: Section) -> str:
     for task, flags in COMPARE:
         if s.quick:
             flags = ["--steps", "3", "--evals", "1"] + (["--seq-len", "100", "--eval-size", "20"] if task == "listops" else [])
-        files = [] if s.quick else ["--markdown", os.path.join(RESULTS, f"compare-{task}.md"), "--json-file", os.path.join(RESULTS, f"compare-{task}.json"), "--plot", os.path.join(RESULTS, f"compare-{task}.svg")]
+        files = [] if s.quick else ["--markdown", os.path.join(RESULTS_ARG, f"compare-{task}.md"), "--json-file", os.path.join(RESULTS_ARG, f"compare-{task}.json"), "--plot", os.path.join(RESULTS_ARG, f"compare-{task}.svg")]
         proc, wall, shown = s.execute(BIN, ["compare", "--task", task, *flags, *files])
         s.data["runs"][task] = {"wall_s": wall, "command": shown}
     return header(s.data) + "Tables: docs/results/compare-TASK.md (each with its command and date).\n"
