@@ -36,7 +36,7 @@ pub fn describe_model(m: &ModelConfig) -> String {
                 format!("{}, width {}, {} block{plural}, {} heads, feed-forward {}, {positions}", m.kind.name(), m.hidden, m.layers, m.heads, m.ff_dim());
             if m.kind == effseq::config::ModelKind::Performer {
                 let redraw = if m.redraw_every == 0 { "never redrawn".to_string() } else { format!("redrawn every {} steps", m.redraw_every) };
-                s.push_str(&format!(", {} {:?} random features per head, {redraw}", m.feature_count(), m.feature_kernel).to_lowercase());
+                s.push_str(&format!(", {} {:?} random features per head, {redraw}", m.feature_count(), m.performer_kernel()).to_lowercase());
             }
             if m.kind == effseq::config::ModelKind::Reformer {
                 let layers = if m.reversible { "reversible" } else { "stored activations" };

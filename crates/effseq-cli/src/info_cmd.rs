@@ -39,6 +39,7 @@ pub fn run(args: &InfoArgs, json: bool) -> Result<(), CliError> {
             }
             let steps = config.task.steps_per_sequence();
             config.model.resolve_for_sequence(steps);
+            config.model.resolve_for_task(config.task.kind);
             let network = Network::new(&config.model, Task::io_of(&config.task)?, config.train.seed)?;
             (config, network, None)
         }

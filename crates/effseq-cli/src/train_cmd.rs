@@ -133,7 +133,7 @@ pub struct TrainArgs {
     /// Performer: random features per head [default: Dh ln Dh].
     #[arg(long, value_name = "M")]
     pub features: Option<usize>,
-    /// Performer: kernel of the random features, softmax (FAVOR+) or relu [default: softmax].
+    /// Performer: kernel of the random features, softmax (FAVOR+) or relu [default: relu for charlm, softmax otherwise].
     #[arg(long, value_name = "KIND", value_parser = parse_feature_kernel)]
     pub feature_kernel: Option<FeatureKernelKind>,
     /// Performer: redraw the random features every N training steps, 0 for never [default: 1000].
@@ -310,7 +310,9 @@ impl TrainArgs {
         if self.features.is_some() {
             m.features = self.features;
         }
-        set(&mut m.feature_kernel, self.feature_kernel);
+        if self.feature_kernel.is_some() {
+            m.feature_kernel = self.feature_kernel;
+        }
         set(&mut m.redraw_every, self.redraw_every);
         m.tie_embeddings |= self.tie_embeddings;
         set(&mut m.pooling, self.pooling);
@@ -431,7 +433,8 @@ impl TrainArgs {
         }
         cfg.validate()?;
         let steps = cfg.task.steps_per_sequence();
-        let chosen = cfg.model.resolve_for_sequence(steps);
+        let mut chosen = cfg.model.resolve_for_sequence(steps);
+        chosen.extend(cfg.model.resolve_for_task(cfg.task.kind));
         Ok((cfg, chosen))
     }
 

@@ -269,8 +269,12 @@ pub struct ModelConfig {
     pub max_len: usize,
     /// Performer: number of random features m per head. Default: `Dh ln Dh` (performer-pytorch), Dh = hidden / heads.
     pub features: Option<usize>,
-    /// Performer: the kernel its random features estimate. Default softmax (FAVOR+).
-    pub feature_kernel: FeatureKernelKind,
+    /// Performer: the kernel its random features estimate. Default: picked from the task when the run starts
+    /// ([`ModelConfig::resolve_for_task`]): relu for charlm, softmax (FAVOR+) for every other task. On charlm the
+    /// softmax kernel's query and key weights grow without bound after a few hundred steps at the default learning
+    /// rate (27x the norm of the exact Transformer's by step 1000) and the loss climbs back towards the unigram
+    /// rate; the ReLU kernel trains steadily there.
+    pub feature_kernel: Option<FeatureKernelKind>,
     /// Performer: draw new random features every this many training steps (0 = never). The features in use are
     /// stored in the checkpoint, so evaluation uses exactly them. Default 1000 (performer-pytorch).
     pub redraw_every: u64,
@@ -346,7 +350,7 @@ impl Default for ModelConfig {
             positional: Positional::Sinusoidal,
             max_len: 4096,
             features: None,
-            feature_kernel: FeatureKernelKind::Softmax,
+            feature_kernel: None,
             redraw_every: 1000,
             tie_embeddings: false,
             pooling: Pooling::Last,
@@ -397,6 +401,30 @@ impl ModelConfig {
     /// Performer: the random features per head in effect (`Dh ln Dh` by default, at least 1).
     pub fn feature_count(&self) -> usize {
         self.features.unwrap_or_else(|| crate::attention::favor::default_features(self.head_dim()))
+    }
+
+    /// Performer: the feature kernel in effect (softmax until resolved for a task, see [`Self::resolve_for_task`]).
+    pub fn performer_kernel(&self) -> FeatureKernelKind {
+        self.feature_kernel.unwrap_or(FeatureKernelKind::Softmax)
+    }
+
+    /// Fills the defaults that depend on the task: a Performer without `feature_kernel` gets the ReLU kernel on
+    /// charlm and the softmax kernel elsewhere (see [`ModelConfig::feature_kernel`]). Returns a sentence per value
+    /// it chose, for a run's header.
+    pub fn resolve_for_task(&mut self, task: TaskKind) -> Vec<String> {
+        let mut chosen = Vec::new();
+        if self.kind == ModelKind::Performer && self.feature_kernel.is_none() {
+            let kernel = if task == TaskKind::Charlm { FeatureKernelKind::Relu } else { FeatureKernelKind::Softmax };
+            self.feature_kernel = Some(kernel);
+            chosen.push(match kernel {
+                FeatureKernelKind::Relu => {
+                    "feature_kernel relu for charlm: the softmax kernel's query and key norms run away on text at this learning rate (README, charlm)"
+                        .to_string()
+                }
+                FeatureKernelKind::Softmax => "feature_kernel softmax (FAVOR+)".to_string(),
+            });
+        }
+        chosen
     }
 
     /// Reformer: the LSH bucket size in effect ([`DEFAULT_BUCKET_SIZE`] until resolved for a sequence length).
@@ -1183,5 +1211,34 @@ impl RunConfig {
     /// The TOML text of this config.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("RunConfig always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_performer_kernel_is_picked_from_the_task_unless_set() {
+        let performer = ModelConfig { kind: ModelKind::Performer, ..ModelConfig::default() };
+        let mut charlm = performer.clone();
+        let said = charlm.resolve_for_task(TaskKind::Charlm);
+        assert_eq!(charlm.feature_kernel, Some(FeatureKernelKind::Relu));
+        assert!(said[0].contains("relu"), "{said:?}");
+        let mut adding = performer.clone();
+        adding.resolve_for_task(TaskKind::Adding);
+        assert_eq!(adding.feature_kernel, Some(FeatureKernelKind::Softmax));
+        // A kernel the user chose is kept, and nothing is said about it.
+        let mut chosen = ModelConfig { feature_kernel: Some(FeatureKernelKind::Softmax), ..performer.clone() };
+        assert!(chosen.resolve_for_task(TaskKind::Charlm).is_empty());
+        assert_eq!(chosen.feature_kernel, Some(FeatureKernelKind::Softmax));
+        // Other models are left alone.
+        let mut lstm = ModelConfig::default();
+        assert!(lstm.resolve_for_task(TaskKind::Charlm).is_empty());
+        assert_eq!(lstm.feature_kernel, None);
+        // A checkpoint's config written before the choice was automatic still reads.
+        let old: ModelConfig =
+            toml::from_str(&format!("{}\nfeature_kernel = \"softmax\"", toml::to_string(&ModelConfig { feature_kernel: None, ..performer }).unwrap())).unwrap();
+        assert_eq!(old.performer_kernel(), FeatureKernelKind::Softmax);
     }
 }

@@ -401,7 +401,7 @@ mod tests {
                         model.max_len = 40;
                         model.bias = false;
                         model.d_ff = Some(10);
-                        model.feature_kernel = FeatureKernelKind::Relu;
+                        model.feature_kernel = Some(FeatureKernelKind::Relu);
                     }
                     if variant == 2 {
                         model.embed_dim = Some(6);

@@ -217,7 +217,7 @@ impl Backbone {
                     ModelKind::Linear => Mechanism::Linear,
                     _ => Mechanism::Performer {
                         features: cfg.feature_count(),
-                        kernel: match cfg.feature_kernel {
+                        kernel: match cfg.performer_kernel() {
                             FeatureKernelKind::Softmax => FeatureKernel::SOFTMAX,
                             FeatureKernelKind::Relu => FeatureKernel::Relu,
                         },

@@ -134,6 +134,7 @@ impl Trainer {
         if config.task.kind == crate::config::TaskKind::Custom {
             config.model.resolve_for_sequence(task.steps_per_sequence());
         }
+        config.model.resolve_for_task(config.task.kind);
         let network = Network::new(&config.model, task.io(), config.train.seed)?;
         let optimizer = Optimizer::new(&config.train, &network.params());
         let state = TrainState { seed: config.train.seed, metric_name: Some(task.metric_name().to_string()), ..TrainState::default() };
