@@ -38,8 +38,7 @@ pub fn run(args: &InfoArgs, json: bool) -> Result<(), CliError> {
                 Task::prepare(&mut config.task, config.train.seed)?;
             }
             let steps = config.task.steps_per_sequence();
-            config.model.resolve_for_sequence(steps);
-            config.model.resolve_for_task(config.task.kind);
+            config.model.resolve_for_run(config.task.kind, steps);
             let network = Network::new(&config.model, Task::io_of(&config.task)?, config.train.seed)?;
             (config, network, None)
         }

@@ -433,8 +433,7 @@ impl TrainArgs {
         }
         cfg.validate()?;
         let steps = cfg.task.steps_per_sequence();
-        let mut chosen = cfg.model.resolve_for_sequence(steps);
-        chosen.extend(cfg.model.resolve_for_task(cfg.task.kind));
+        let chosen = cfg.model.resolve_for_run(cfg.task.kind, steps);
         Ok((cfg, chosen))
     }
 

@@ -42,8 +42,7 @@ pub(crate) fn run_config(py: Python<'_>, obj: Option<&Bound<'_, PyAny>>) -> PyRe
     };
     cfg.validate().map_err(|e| to_py_err(py, e))?;
     let steps = cfg.task.steps_per_sequence();
-    cfg.model.resolve_for_sequence(steps);
-    cfg.model.resolve_for_task(cfg.task.kind);
+    cfg.model.resolve_for_run(cfg.task.kind, steps);
     Ok(cfg)
 }
 

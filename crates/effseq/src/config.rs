@@ -271,9 +271,8 @@ pub struct ModelConfig {
     pub features: Option<usize>,
     /// Performer: the kernel its random features estimate. Default: picked from the task when the run starts
     /// ([`ModelConfig::resolve_for_task`]): relu for charlm, softmax (FAVOR+) for every other task. On charlm the
-    /// softmax kernel's query and key weights grow without bound after a few hundred steps at the default learning
-    /// rate (27x the norm of the exact Transformer's by step 1000) and the loss climbs back towards the unigram
-    /// rate; the ReLU kernel trains steadily there.
+    /// softmax kernel's query and key weights grow far beyond the exact Transformer's after a few hundred steps at
+    /// the default learning rate and the loss climbs back; the ReLU kernel trains steadily there (README, charlm).
     pub feature_kernel: Option<FeatureKernelKind>,
     /// Performer: draw new random features every this many training steps (0 = never). The features in use are
     /// stored in the checkpoint, so evaluation uses exactly them. Default 1000 (performer-pytorch).
@@ -424,6 +423,14 @@ impl ModelConfig {
                 FeatureKernelKind::Softmax => "feature_kernel softmax (FAVOR+)".to_string(),
             });
         }
+        chosen
+    }
+
+    /// Fills every default that depends on the run: [`Self::resolve_for_sequence`] for the task's sequence length
+    /// `t`, then [`Self::resolve_for_task`]. Returns their sentences, for a run's header.
+    pub fn resolve_for_run(&mut self, task: TaskKind, t: usize) -> Vec<String> {
+        let mut chosen = self.resolve_for_sequence(t);
+        chosen.extend(self.resolve_for_task(task));
         chosen
     }
 
